@@ -1,0 +1,45 @@
+# confreg -- build, test, check, install.  `make PORTABLE=1` builds with no ISA assumptions.
+CC      ?= cc
+PREFIX  ?= /usr/local
+SHARED  ?= ../shared
+CFLAGS  ?= -O2
+WARN     = -std=c11 -Wall -Wextra -Wshadow -Wno-unknown-pragmas
+OPENMP  := $(shell echo 'int main(void){return 0;}' | $(CC) -fopenmp -x c - -o /dev/null 2>/dev/null && echo -fopenmp)
+ifeq ($(PORTABLE),1)
+  ARCHFLAGS = -DCONFREG_PORTABLE
+else
+  ARCHFLAGS := $(shell echo 'int main(void){return 0;}' | $(CC) -march=native -x c - -o /dev/null 2>/dev/null && echo -march=native)
+endif
+ALLFLAGS = $(WARN) $(CFLAGS) $(ARCHFLAGS) $(OPENMP)
+SAN      = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
+
+.PHONY: all test check clean install data
+
+all: confreg
+
+confreg: confreg.c confreg.h
+	$(CC) $(ALLFLAGS) -o $@ confreg.c -lm
+
+tests/test_confreg: tests/test_confreg.c tests/*.inc confreg.c confreg.h
+	$(CC) $(ALLFLAGS) -Wno-unused-function -o $@ tests/test_confreg.c -lm
+
+test: confreg tests/test_confreg
+	./tests/test_confreg ./confreg $(SHARED)
+
+# The whole suite under AddressSanitizer and UndefinedBehaviorSanitizer (binary and library).
+check: confreg.c confreg.h tests/test_confreg.c tests/*.inc
+	$(CC) $(WARN) $(SAN) $(ARCHFLAGS) -o confreg-san confreg.c -lm
+	$(CC) $(WARN) $(SAN) $(ARCHFLAGS) -Wno-unused-function -o tests/test_confreg-san tests/test_confreg.c -lm
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./tests/test_confreg-san ./confreg-san $(SHARED)
+
+# Rebuilds the embedded default model from ../shared (the result is committed in data/).
+data: confreg
+	./confreg convert $(SHARED)/models/gpt2-tiny --tokenizer $(SHARED)/tokenizers/gpt2 --dtype q8_0 -o data/gpt2-tiny-q8_0.gguf
+
+install: confreg
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include
+	install -m 755 confreg $(DESTDIR)$(PREFIX)/bin/confreg
+	install -m 644 confreg.h $(DESTDIR)$(PREFIX)/include/confreg.h
+
+clean:
+	rm -f confreg confreg-san tests/test_confreg tests/test_confreg-san

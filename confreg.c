@@ -1,0 +1,3643 @@
+/* confreg.c -- find and measure the neurons with which language models regulate their own
+ * confidence (Stolfo et al., "Confidence Regulation Neurons in Language Models", NeurIPS 2024),
+ * on a CPU, from one file.  See confreg.h for the library interface and README.md for the
+ * command-line program, which is compiled unless CONFREG_NO_MAIN is defined.
+ *
+ * Contents (read top to bottom):
+ *   1. Errors and utilities        checked arithmetic, messages, file mapping, half floats
+ *   2. JSON                        a small DOM parser for config.json, tokenizer.json, headers
+ *   3. File formats                safetensors, GGUF (read and write), llama2.c checkpoints
+ *   4. Quantization and kernels    Q8_0, F16/BF16, dot products and matrix products
+ *   5. Models and forward pass     configs per architecture, weights, the transformer
+ *   6. Tokenizers                  byte-level BPE and SentencePiece-style BPE
+ *   7. Analyses                    loss, entropy, evaluation rows
+ *   8. Reports                     .npy and table output
+ *   9. Command-line program        subcommands
+ */
+#define _POSIX_C_SOURCE 200809L
+#define _FILE_OFFSET_BITS 64
+#include "confreg.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <float.h>
+#include <limits.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#if defined(__AVX2__) && defined(__F16C__) && !defined(CONFREG_PORTABLE)
+#include <immintrin.h>
+#define CR_AVX2 1
+#endif
+#if defined(__ARM_NEON) && !defined(CONFREG_PORTABLE)
+#include <arm_neon.h>
+#define CR_NEON 1
+#endif
+
+/* ============================================================================================
+ * 1. Errors and utilities
+ * ============================================================================================ */
+
+/* Hard limits on what any file may claim, checked before anything is allocated. */
+#define CR_MAX_DIMS 4
+#define CR_MAX_TENSORS 100000
+#define CR_MAX_NAME 1024
+#define CR_MAX_STRING (64u << 20)
+#define CR_MAX_ARRAY (64u << 20)
+#define CR_MAX_KV 100000
+#define CR_MAX_JSON_DEPTH 64
+#define CR_MAX_LAYERS 1024
+#define CR_MAX_DIM (1 << 20)
+#define CR_MAX_VOCAB (1 << 22)
+#define CR_MAX_CTX (1 << 20)
+#define CR_MAX_SHARDS 1024
+
+static int cr_fail(cr_err *e, int code, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 3, 4)))
+#endif
+    ;
+static int cr_fail(cr_err *e, int code, const char *fmt, ...) {
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+/* Prefixes an existing message with context ("file: message"). */
+static int cr_wrap(cr_err *e, int code, const char *prefix) {
+    if (e) {
+        char tmp[sizeof e->msg];
+        snprintf(tmp, sizeof tmp, "%s: %s", prefix, e->msg);
+        memcpy(e->msg, tmp, sizeof tmp);
+    }
+    return code;
+}
+
+static int cr_mul_ok(uint64_t a, uint64_t b, uint64_t *out) {
+    if (a != 0 && b > UINT64_MAX / a) return 0;
+    *out = a * b;
+    return 1;
+}
+
+static void *cr_calloc(size_t n, size_t size) {
+    if (n == 0 || size == 0) return calloc(1, 1);
+    if (n > SIZE_MAX / size) return NULL;
+    return calloc(n, size);
+}
+
+static void *cr_malloc(size_t n, size_t size) {
+    if (n == 0 || size == 0) return malloc(1);
+    if (n > SIZE_MAX / size) return NULL;
+    return malloc(n * size);
+}
+
+static char *cr_strndup(const char *s, size_t n) {
+    char *p = malloc(n + 1);
+    if (!p) return NULL;
+    memcpy(p, s, n);
+    p[n] = 0;
+    return p;
+}
+
+static char *cr_path_join(const char *dir, const char *name) {
+    size_t a = strlen(dir), b = strlen(name);
+    char *p = malloc(a + b + 2);
+    if (!p) return NULL;
+    memcpy(p, dir, a);
+    size_t k = a;
+    if (a && dir[a - 1] != '/') p[k++] = '/';
+    memcpy(p + k, name, b + 1);
+    return p;
+}
+
+static int cr_is_dir(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static int cr_is_file(const char *path) {
+    struct stat st;
+    return stat(path, &st) == 0 && S_ISREG(st.st_mode);
+}
+
+static int cr_ends_with(const char *s, const char *suffix) {
+    size_t a = strlen(s), b = strlen(suffix);
+    return a >= b && strcmp(s + a - b, suffix) == 0;
+}
+
+/* A read-only memory map of a whole file.  Empty files map to a static empty buffer. */
+typedef struct cr_map {
+    const unsigned char *data;
+    size_t size;
+    int mapped;
+} cr_map;
+
+static int cr_map_open(cr_map *map, const char *path, cr_err *err) {
+    memset(map, 0, sizeof *map);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return cr_fail(err, CR_EIO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+        close(fd);
+        return cr_fail(err, CR_EIO, "%s: not a regular file", path);
+    }
+    if ((uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
+        close(fd);
+        return cr_fail(err, CR_ERANGE, "%s: file too large for this machine", path);
+    }
+    map->size = (size_t)st.st_size;
+    if (map->size == 0) {
+        close(fd);
+        map->data = (const unsigned char *)"";
+        return CR_OK;
+    }
+    void *p = mmap(NULL, map->size, PROT_READ, MAP_PRIVATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) return cr_fail(err, CR_EIO, "%s: cannot map: %s", path, strerror(errno));
+    map->data = p;
+    map->mapped = 1;
+    return CR_OK;
+}
+
+static void cr_map_close(cr_map *map) {
+    if (map->mapped) munmap((void *)map->data, map->size);
+    memset(map, 0, sizeof *map);
+}
+
+/* Reads a whole (small) file into a NUL-terminated heap buffer. */
+static int cr_read_file(const char *path, char **out, size_t *len, cr_err *err) {
+    cr_map m;
+    int rc = cr_map_open(&m, path, err);
+    if (rc) return rc;
+    char *buf = malloc(m.size + 1);
+    if (!buf) {
+        cr_map_close(&m);
+        return cr_fail(err, CR_ENOMEM, "%s: out of memory reading %zu bytes", path, m.size);
+    }
+    memcpy(buf, m.data, m.size);
+    buf[m.size] = 0;
+    *out = buf;
+    if (len) *len = m.size;
+    cr_map_close(&m);
+    return CR_OK;
+}
+
+/* Writes to "path.tmp.PID" and renames, so a crash never leaves a half-written result. */
+typedef struct cr_outfile {
+    FILE *f;
+    char *final_path, *tmp_path;
+} cr_outfile;
+
+static int cr_outfile_open(cr_outfile *o, const char *path, cr_err *err) {
+    memset(o, 0, sizeof *o);
+    size_t n = strlen(path) + 32;
+    o->final_path = cr_strndup(path, strlen(path));
+    o->tmp_path = malloc(n);
+    if (!o->final_path || !o->tmp_path) {
+        free(o->final_path);
+        free(o->tmp_path);
+        return cr_fail(err, CR_ENOMEM, "%s: out of memory", path);
+    }
+    snprintf(o->tmp_path, n, "%s.tmp.%ld", path, (long)getpid());
+    o->f = fopen(o->tmp_path, "wb");
+    if (!o->f) {
+        int rc = cr_fail(err, CR_EIO, "%s: cannot create: %s", o->tmp_path, strerror(errno));
+        free(o->final_path);
+        free(o->tmp_path);
+        return rc;
+    }
+    return CR_OK;
+}
+
+/* ok=0 abandons the file (removes the temporary). */
+static int cr_outfile_close(cr_outfile *o, int ok, cr_err *err) {
+    int rc = CR_OK;
+    if (o->f) {
+        if (ferror(o->f)) ok = 0, rc = cr_fail(err, CR_EIO, "%s: write error", o->final_path);
+        if (fclose(o->f) != 0 && ok) ok = 0, rc = cr_fail(err, CR_EIO, "%s: write error: %s", o->final_path, strerror(errno));
+    }
+    if (ok) {
+        if (rename(o->tmp_path, o->final_path) != 0)
+            rc = cr_fail(err, CR_EIO, "%s: cannot rename into place: %s", o->final_path, strerror(errno));
+    } else {
+        remove(o->tmp_path);
+    }
+    free(o->final_path);
+    free(o->tmp_path);
+    memset(o, 0, sizeof *o);
+    return rc;
+}
+
+/* IEEE half and bfloat16 conversions, exact, without relying on compiler extensions. */
+static float cr_f16_to_f32(uint16_t h) {
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal: renormalize */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) man <<= 1, exp--;
+            man &= 0x3ff;
+            bits = sign | (exp << 23) | (man << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+/* Round to nearest even. */
+static uint16_t cr_f32_to_f16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000;
+    uint32_t absx = x & 0x7fffffffu;
+    if (absx >= 0x7f800000u) return (uint16_t)(sign | 0x7c00 | (absx > 0x7f800000u ? 0x200 : 0));
+    if (absx >= 0x477ff000u) return (uint16_t)(sign | 0x7c00); /* rounds to >= 65520: inf */
+    if (absx < 0x38800000u) {                                  /* subnormal or zero in half */
+        if (absx < 0x33000000u) return (uint16_t)sign;
+        uint32_t man = (absx & 0x7fffff) | 0x800000;
+        int shift = 126 - (int)(absx >> 23);                   /* 14..24 */
+        uint32_t half = man >> shift;
+        uint32_t rem = man & ((1u << shift) - 1), mid = 1u << (shift - 1);
+        if (rem > mid || (rem == mid && (half & 1))) half++;
+        return (uint16_t)(sign | half);
+    }
+    uint32_t h = ((absx >> 13) - ((127 - 15) << 10));
+    uint32_t rem = absx & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (h & 1))) h++;
+    return (uint16_t)(sign | h);
+}
+
+static float cr_bf16_to_f32(uint16_t h) {
+    uint32_t bits = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static uint16_t cr_rd16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static uint32_t cr_rd32(const unsigned char *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static uint64_t cr_rd64(const unsigned char *p) { return cr_rd32(p) | ((uint64_t)cr_rd32(p + 4) << 32); }
+
+static double cr_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Valid UTF-8 check; returns the offset of the first bad byte, or len when all is valid. */
+static size_t cr_utf8_check(const unsigned char *s, size_t len) {
+    size_t i = 0;
+    while (i < len) {
+        unsigned c = s[i];
+        size_t n;
+        uint32_t cp;
+        if (c < 0x80) { i++; continue; }
+        else if ((c & 0xe0) == 0xc0) n = 2, cp = c & 0x1f;
+        else if ((c & 0xf0) == 0xe0) n = 3, cp = c & 0x0f;
+        else if ((c & 0xf8) == 0xf0) n = 4, cp = c & 0x07;
+        else return i;
+        if (i + n > len) return i;
+        for (size_t k = 1; k < n; k++) {
+            if ((s[i + k] & 0xc0) != 0x80) return i;
+            cp = (cp << 6) | (s[i + k] & 0x3f);
+        }
+        if ((n == 2 && cp < 0x80) || (n == 3 && cp < 0x800) || (n == 4 && cp < 0x10000) ||
+            cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+            return i;
+        i += n;
+    }
+    return len;
+}
+
+/* ============================================================================================
+ * 2. JSON
+ *
+ * A DOM parser: all nodes live in one array, children are linked by index.  Strings are
+ * unescaped into one arena.  Depth and sizes are bounded, so hostile input cannot exhaust the
+ * stack or memory beyond a small multiple of its own size.
+ * ============================================================================================ */
+
+enum { JS_NULL, JS_FALSE, JS_TRUE, JS_NUM, JS_STR, JS_ARR, JS_OBJ };
+
+typedef struct js_node {
+    int type;
+    int32_t first_child, next;  /* -1 terminated; for objects, children alternate key, value */
+    int32_t count;              /* arrays: elements; objects: pairs */
+    double num;
+    uint32_t str, len;          /* offset into arena, byte length */
+} js_node;
+
+typedef struct js_doc {
+    js_node *nodes;
+    int32_t n_nodes, cap_nodes;
+    char *arena;
+    size_t arena_len, arena_cap;
+} js_doc;
+
+typedef struct js_parser {
+    const char *s;
+    size_t i, n;
+    js_doc *doc;
+    cr_err *err;
+    const char *what;
+} js_parser;
+
+static int js_error(js_parser *p, const char *msg) {
+    size_t line = 1;
+    for (size_t k = 0; k < p->i && k < p->n; k++) line += p->s[k] == '\n';
+    return cr_fail(p->err, CR_EFORMAT, "%s: malformed JSON at line %zu (byte %zu): %s", p->what, line, p->i, msg);
+}
+
+static void js_skip_ws(js_parser *p) {
+    while (p->i < p->n && (p->s[p->i] == ' ' || p->s[p->i] == '\t' || p->s[p->i] == '\n' || p->s[p->i] == '\r')) p->i++;
+}
+
+static int32_t js_new_node(js_parser *p, int type) {
+    js_doc *d = p->doc;
+    if (d->n_nodes == d->cap_nodes) {
+        int32_t cap = d->cap_nodes ? d->cap_nodes * 2 : 256;
+        if (cap < d->cap_nodes || cap > (1 << 28)) return -1;
+        js_node *nn = realloc(d->nodes, (size_t)cap * sizeof *nn);
+        if (!nn) return -1;
+        d->nodes = nn;
+        d->cap_nodes = cap;
+    }
+    js_node *nd = &d->nodes[d->n_nodes];
+    memset(nd, 0, sizeof *nd);
+    nd->type = type;
+    nd->first_child = nd->next = -1;
+    return d->n_nodes++;
+}
+
+static int js_arena_put(js_doc *d, const char *src, size_t len) {
+    if (d->arena_len + len + 1 > d->arena_cap) {
+        size_t cap = d->arena_cap ? d->arena_cap : 4096;
+        while (cap < d->arena_len + len + 1) cap *= 2;
+        char *na = realloc(d->arena, cap);
+        if (!na) return 0;
+        d->arena = na;
+        d->arena_cap = cap;
+    }
+    memcpy(d->arena + d->arena_len, src, len);
+    d->arena_len += len;
+    return 1;
+}
+
+static int js_hex4(js_parser *p, uint32_t *out) {
+    if (p->i + 4 > p->n) return 0;
+    uint32_t v = 0;
+    for (int k = 0; k < 4; k++) {
+        char c = p->s[p->i + k];
+        v <<= 4;
+        if (c >= '0' && c <= '9') v |= (uint32_t)(c - '0');
+        else if (c >= 'a' && c <= 'f') v |= (uint32_t)(c - 'a' + 10);
+        else if (c >= 'A' && c <= 'F') v |= (uint32_t)(c - 'A' + 10);
+        else return 0;
+    }
+    p->i += 4;
+    *out = v;
+    return 1;
+}
+
+static int js_utf8_put(js_doc *d, uint32_t cp) {
+    char b[4];
+    size_t n;
+    if (cp < 0x80) b[0] = (char)cp, n = 1;
+    else if (cp < 0x800) b[0] = (char)(0xc0 | (cp >> 6)), b[1] = (char)(0x80 | (cp & 0x3f)), n = 2;
+    else if (cp < 0x10000) b[0] = (char)(0xe0 | (cp >> 12)), b[1] = (char)(0x80 | ((cp >> 6) & 0x3f)), b[2] = (char)(0x80 | (cp & 0x3f)), n = 3;
+    else b[0] = (char)(0xf0 | (cp >> 18)), b[1] = (char)(0x80 | ((cp >> 12) & 0x3f)), b[2] = (char)(0x80 | ((cp >> 6) & 0x3f)), b[3] = (char)(0x80 | (cp & 0x3f)), n = 4;
+    return js_arena_put(d, b, n);
+}
+
+static int js_parse_string(js_parser *p, int32_t node) {
+    js_doc *d = p->doc;
+    p->i++; /* opening quote */
+    size_t start = d->arena_len;
+    if (start > UINT32_MAX - 1) return js_error(p, "document too large");
+    for (;;) {
+        size_t run = p->i;
+        while (p->i < p->n && p->s[p->i] != '"' && p->s[p->i] != '\\' && (unsigned char)p->s[p->i] >= 0x20) p->i++;
+        if (p->i > run && !js_arena_put(d, p->s + run, p->i - run)) return cr_fail(p->err, CR_ENOMEM, "%s: out of memory", p->what);
+        if (p->i >= p->n) return js_error(p, "unterminated string");
+        char c = p->s[p->i];
+        if (c == '"') { p->i++; break; }
+        if ((unsigned char)c < 0x20) return js_error(p, "control character in string");
+        p->i++; /* backslash */
+        if (p->i >= p->n) return js_error(p, "unterminated escape");
+        c = p->s[p->i++];
+        char out;
+        switch (c) {
+        case '"': out = '"'; break;
+        case '\\': out = '\\'; break;
+        case '/': out = '/'; break;
+        case 'b': out = '\b'; break;
+        case 'f': out = '\f'; break;
+        case 'n': out = '\n'; break;
+        case 'r': out = '\r'; break;
+        case 't': out = '\t'; break;
+        case 'u': {
+            uint32_t cp;
+            if (!js_hex4(p, &cp)) return js_error(p, "bad \\u escape");
+            if (cp >= 0xd800 && cp <= 0xdbff) {
+                uint32_t lo;
+                if (p->i + 2 <= p->n && p->s[p->i] == '\\' && p->s[p->i + 1] == 'u') {
+                    p->i += 2;
+                    if (!js_hex4(p, &lo) || lo < 0xdc00 || lo > 0xdfff) return js_error(p, "bad surrogate pair");
+                    cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                } else {
+                    return js_error(p, "lone surrogate");
+                }
+            } else if (cp >= 0xdc00 && cp <= 0xdfff) {
+                return js_error(p, "lone surrogate");
+            }
+            if (!js_utf8_put(d, cp)) return cr_fail(p->err, CR_ENOMEM, "%s: out of memory", p->what);
+            continue;
+        }
+        default: return js_error(p, "bad escape");
+        }
+        if (!js_arena_put(d, &out, 1)) return cr_fail(p->err, CR_ENOMEM, "%s: out of memory", p->what);
+    }
+    if (d->arena_len - start > CR_MAX_STRING) return js_error(p, "string too long");
+    if (!js_arena_put(d, "", 1)) return cr_fail(p->err, CR_ENOMEM, "%s: out of memory", p->what);
+    d->nodes[node].str = (uint32_t)start;
+    d->nodes[node].len = (uint32_t)(d->arena_len - 1 - start);
+    return CR_OK;
+}
+
+static int js_parse_value(js_parser *p, int depth, int32_t *out);
+
+static int js_parse_number(js_parser *p, int32_t node) {
+    size_t st = p->i;
+    if (p->i < p->n && p->s[p->i] == '-') p->i++;
+    if (p->i >= p->n || !(p->s[p->i] >= '0' && p->s[p->i] <= '9')) return js_error(p, "bad number");
+    while (p->i < p->n && ((p->s[p->i] >= '0' && p->s[p->i] <= '9') || p->s[p->i] == '.' || p->s[p->i] == 'e' ||
+                           p->s[p->i] == 'E' || p->s[p->i] == '+' || p->s[p->i] == '-'))
+        p->i++;
+    char tmp[64];
+    size_t len = p->i - st;
+    if (len >= sizeof tmp) return js_error(p, "number too long");
+    memcpy(tmp, p->s + st, len);
+    tmp[len] = 0;
+    char *end;
+    double v = strtod(tmp, &end);
+    if (*end) return js_error(p, "bad number");
+    p->doc->nodes[node].num = v;
+    return CR_OK;
+}
+
+static int js_parse_container(js_parser *p, int depth, int32_t node, int is_obj) {
+    char close = is_obj ? '}' : ']';
+    p->i++;
+    js_skip_ws(p);
+    int32_t last = -1, count = 0;
+    if (p->i < p->n && p->s[p->i] == close) { p->i++; return CR_OK; }
+    for (;;) {
+        int32_t key = -1, val;
+        int rc;
+        js_skip_ws(p);
+        if (is_obj) {
+            if (p->i >= p->n || p->s[p->i] != '"') return js_error(p, "expected a string key");
+            key = js_new_node(p, JS_STR);
+            if (key < 0) return cr_fail(p->err, CR_ENOMEM, "%s: too many JSON nodes", p->what);
+            if ((rc = js_parse_string(p, key))) return rc;
+            js_skip_ws(p);
+            if (p->i >= p->n || p->s[p->i] != ':') return js_error(p, "expected ':'");
+            p->i++;
+        }
+        if ((rc = js_parse_value(p, depth + 1, &val))) return rc;
+        js_node *nodes = p->doc->nodes;
+        int32_t head = is_obj ? key : val;
+        if (is_obj) nodes[key].next = val;
+        if (last < 0) nodes[node].first_child = head;
+        else nodes[last].next = head;
+        last = val;
+        if (count == INT32_MAX) return js_error(p, "too many elements");
+        count++;
+        js_skip_ws(p);
+        if (p->i < p->n && p->s[p->i] == ',') { p->i++; continue; }
+        if (p->i < p->n && p->s[p->i] == close) { p->i++; break; }
+        return js_error(p, is_obj ? "expected ',' or '}'" : "expected ',' or ']'");
+    }
+    p->doc->nodes[node].count = count;
+    return CR_OK;
+}
+
+static int js_parse_value(js_parser *p, int depth, int32_t *out) {
+    if (depth > CR_MAX_JSON_DEPTH) return js_error(p, "nesting too deep");
+    js_skip_ws(p);
+    if (p->i >= p->n) return js_error(p, "unexpected end of input");
+    char c = p->s[p->i];
+    int type = c == '{' ? JS_OBJ : c == '[' ? JS_ARR : c == '"' ? JS_STR : (c == '-' || (c >= '0' && c <= '9')) ? JS_NUM
+             : c == 't' ? JS_TRUE : c == 'f' ? JS_FALSE : c == 'n' ? JS_NULL : -1;
+    if (type < 0) return js_error(p, "unexpected character");
+    int32_t node = js_new_node(p, type);
+    if (node < 0) return cr_fail(p->err, CR_ENOMEM, "%s: too many JSON nodes", p->what);
+    *out = node;
+    switch (type) {
+    case JS_OBJ: return js_parse_container(p, depth, node, 1);
+    case JS_ARR: return js_parse_container(p, depth, node, 0);
+    case JS_STR: return js_parse_string(p, node);
+    case JS_NUM: return js_parse_number(p, node);
+    default: {
+        const char *word = type == JS_TRUE ? "true" : type == JS_FALSE ? "false" : "null";
+        size_t wl = strlen(word);
+        if (p->i + wl > p->n || memcmp(p->s + p->i, word, wl) != 0) return js_error(p, "unknown literal");
+        p->i += wl;
+        return CR_OK;
+    }
+    }
+}
+
+static void js_free(js_doc *d) {
+    free(d->nodes);
+    free(d->arena);
+    memset(d, 0, sizeof *d);
+}
+
+/* what: the file name, for messages.  The root is node 0. */
+static int js_parse(js_doc *d, const char *s, size_t n, const char *what, cr_err *err) {
+    memset(d, 0, sizeof *d);
+    js_parser p = {s, 0, n, d, err, what};
+    int32_t root;
+    int rc = js_parse_value(&p, 0, &root);
+    if (!rc) {
+        js_skip_ws(&p);
+        if (p.i != p.n) rc = js_error(&p, "trailing characters after the document");
+    }
+    if (rc) js_free(d);
+    return rc;
+}
+
+static const js_node *js_at(const js_doc *d, int32_t i) { return i >= 0 ? &d->nodes[i] : NULL; }
+static const char *js_str(const js_doc *d, const js_node *n) { return n && n->type == JS_STR ? d->arena + n->str : NULL; }
+
+static const js_node *js_get(const js_doc *d, const js_node *obj, const char *key) {
+    if (!obj || obj->type != JS_OBJ) return NULL;
+    size_t kl = strlen(key);
+    for (int32_t k = obj->first_child; k >= 0;) {
+        const js_node *kn = &d->nodes[k];
+        if (kn->len == kl && memcmp(d->arena + kn->str, key, kl) == 0) return js_at(d, kn->next);
+        k = d->nodes[kn->next].next;
+    }
+    return NULL;
+}
+
+/* Numeric member as int, with a default when absent or null; -2 range check by caller. */
+static int js_get_num(const js_doc *d, const js_node *obj, const char *key, double *out) {
+    const js_node *n = js_get(d, obj, key);
+    if (!n || n->type != JS_NUM) return 0;
+    *out = n->num;
+    return 1;
+}
+
+static int js_get_bool(const js_doc *d, const js_node *obj, const char *key, int dflt) {
+    const js_node *n = js_get(d, obj, key);
+    if (!n) return dflt;
+    if (n->type == JS_TRUE) return 1;
+    if (n->type == JS_FALSE) return 0;
+    return dflt;
+}
+
+/* Whether any string inside the subtree contains needle (exact=1: equals it). */
+static int js_subtree_has(const js_doc *d, const js_node *n, const char *needle, int exact) {
+    if (!n) return 0;
+    if (n->type == JS_STR) return exact ? strcmp(d->arena + n->str, needle) == 0 : strstr(d->arena + n->str, needle) != NULL;
+    if (n->type != JS_ARR && n->type != JS_OBJ) return 0;
+    for (int32_t k = n->first_child; k >= 0; k = d->nodes[k].next)
+        if (js_subtree_has(d, &d->nodes[k], needle, exact)) return 1;
+    return 0;
+}
+
+/* ============================================================================================
+ * 3. File formats
+ *
+ * Every format is read into one table of raw tensors (name, dtype, shape in PyTorch order,
+ * pointer into a mapped file).  The model builder (section 5) then finds tensors by their
+ * canonical names, which are GGUF's ("blk.3.attn_q.weight"); Hugging Face names are
+ * translated on the way in.  Nothing is trusted: every offset and size is checked against the
+ * file before it is used.
+ * ============================================================================================ */
+
+const char *cr_dtype_name(int dtype) {
+    switch (dtype) {
+    case CR_F32: return "F32";
+    case CR_F16: return "F16";
+    case CR_BF16: return "BF16";
+    case CR_Q8_0: return "Q8_0";
+    default: return "unsupported";
+    }
+}
+
+#define CR_QK 32                 /* Q8_0 block: 32 int8 values and one fp16 scale */
+#define CR_Q8_BLOCK_BYTES 34
+
+/* Bytes of a row of `cols` elements, or 0 when the dtype cannot hold such a row. */
+static uint64_t cr_row_bytes(int dtype, uint64_t cols) {
+    switch (dtype) {
+    case CR_F32: return cols * 4;
+    case CR_F16: case CR_BF16: return cols * 2;
+    case CR_Q8_0: return cols % CR_QK ? 0 : cols / CR_QK * CR_Q8_BLOCK_BYTES;
+    default: return 0;
+    }
+}
+
+typedef struct cr_tinfo {
+    char *name;                   /* canonical (GGUF-style) name */
+    int dtype;                    /* cr_dtype, or -1 for a dtype confreg does not read */
+    int ndim;
+    int64_t shape[CR_MAX_DIMS];   /* PyTorch order: shape[0] is the slowest dimension */
+    const unsigned char *data;
+    uint64_t nbytes;
+    int transposed;               /* stored as [in, out] (GPT-2 Conv1D) */
+    int file;                     /* index of the file it lives in */
+} cr_tinfo;
+
+typedef struct cr_ttable {
+    cr_tinfo *t;
+    int n, cap;
+    cr_map *maps;
+    char **map_paths;
+    int n_maps;
+} cr_ttable;
+
+static void cr_ttable_free(cr_ttable *tt) {
+    for (int i = 0; i < tt->n; i++) free(tt->t[i].name);
+    free(tt->t);
+    for (int i = 0; i < tt->n_maps; i++) cr_map_close(&tt->maps[i]), free(tt->map_paths[i]);
+    free(tt->maps);
+    free(tt->map_paths);
+    memset(tt, 0, sizeof *tt);
+}
+
+static int cr_ttable_add_map(cr_ttable *tt, const char *path, cr_err *err) {
+    cr_map *nm = realloc(tt->maps, (size_t)(tt->n_maps + 1) * sizeof *nm);
+    if (!nm) return cr_fail(err, CR_ENOMEM, "out of memory");
+    tt->maps = nm;
+    char **np = realloc(tt->map_paths, (size_t)(tt->n_maps + 1) * sizeof *np);
+    if (!np) return cr_fail(err, CR_ENOMEM, "out of memory");
+    tt->map_paths = np;
+    int rc = cr_map_open(&tt->maps[tt->n_maps], path, err);
+    if (rc) return rc;
+    tt->map_paths[tt->n_maps] = cr_strndup(path, strlen(path));
+    tt->n_maps++;
+    return CR_OK;
+}
+
+static cr_tinfo *cr_ttable_push(cr_ttable *tt, const char *name, size_t name_len, cr_err *err) {
+    if (tt->n >= CR_MAX_TENSORS) { cr_fail(err, CR_ERANGE, "more than %d tensors", CR_MAX_TENSORS); return NULL; }
+    if (tt->n == tt->cap) {
+        int cap = tt->cap ? tt->cap * 2 : 64;
+        cr_tinfo *nt = realloc(tt->t, (size_t)cap * sizeof *nt);
+        if (!nt) { cr_fail(err, CR_ENOMEM, "out of memory"); return NULL; }
+        tt->t = nt;
+        tt->cap = cap;
+    }
+    cr_tinfo *t = &tt->t[tt->n];
+    memset(t, 0, sizeof *t);
+    t->name = cr_strndup(name, name_len);
+    if (!t->name) { cr_fail(err, CR_ENOMEM, "out of memory"); return NULL; }
+    tt->n++;
+    return t;
+}
+
+static const cr_tinfo *cr_ttable_find(const cr_ttable *tt, const char *name) {
+    for (int i = 0; i < tt->n; i++)
+        if (strcmp(tt->t[i].name, name) == 0) return &tt->t[i];
+    return NULL;
+}
+
+/* Checks that tensors of one file do not overlap (a lying header could alias them). */
+static int cr_tinfo_cmp_data(const void *a, const void *b) {
+    const cr_tinfo *x = *(const cr_tinfo *const *)a, *y = *(const cr_tinfo *const *)b;
+    return x->data < y->data ? -1 : x->data > y->data;
+}
+
+static int cr_ttable_check_overlap(cr_ttable *tt, int first, const char *path, cr_err *err) {
+    int n = tt->n - first;
+    if (n <= 1) return CR_OK;
+    const cr_tinfo **v = cr_malloc((size_t)n, sizeof *v);
+    if (!v) return cr_fail(err, CR_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++) v[i] = &tt->t[first + i];
+    qsort(v, (size_t)n, sizeof *v, cr_tinfo_cmp_data);
+    int rc = CR_OK;
+    for (int i = 1; i < n; i++)
+        if (v[i - 1]->nbytes && v[i - 1]->data + v[i - 1]->nbytes > v[i]->data) {
+            rc = cr_fail(err, CR_EFORMAT, "%s: tensors '%s' and '%s' overlap", path, v[i - 1]->name, v[i]->name);
+            break;
+        }
+    free(v);
+    return rc;
+}
+
+/* ---- safetensors ---------------------------------------------------------------------------
+ * 8-byte little-endian header length, a JSON header {name: {dtype, shape, data_offsets}}, then
+ * the data; offsets are relative to the end of the header. */
+
+static int cr_st_dtype(const char *s, int *elsize) {
+    if (!strcmp(s, "F32")) return *elsize = 4, CR_F32;
+    if (!strcmp(s, "F16")) return *elsize = 2, CR_F16;
+    if (!strcmp(s, "BF16")) return *elsize = 2, CR_BF16;
+    if (!strcmp(s, "F64") || !strcmp(s, "I64") || !strcmp(s, "U64")) return *elsize = 8, -1;
+    if (!strcmp(s, "I32") || !strcmp(s, "U32")) return *elsize = 4, -1;
+    if (!strcmp(s, "I16") || !strcmp(s, "U16")) return *elsize = 2, -1;
+    if (!strcmp(s, "I8") || !strcmp(s, "U8") || !strcmp(s, "BOOL") || !strncmp(s, "F8", 2)) return *elsize = 1, -1;
+    return *elsize = 0, -2;
+}
+
+static int cr_safetensors_load(cr_ttable *tt, const char *path, cr_err *err) {
+    int rc = cr_ttable_add_map(tt, path, err);
+    if (rc) return rc;
+    int file = tt->n_maps - 1;
+    const cr_map *m = &tt->maps[file];
+    if (m->size < 8) return cr_fail(err, CR_EFORMAT, "%s: truncated safetensors file (%zu bytes, no header)", path, m->size);
+    uint64_t hlen = cr_rd64(m->data);
+    if (hlen > m->size - 8) return cr_fail(err, CR_EFORMAT, "%s: header length %llu runs past the end of the file (%zu bytes)", path, (unsigned long long)hlen, m->size);
+    if (hlen > (100u << 20)) return cr_fail(err, CR_ERANGE, "%s: header length %llu exceeds the 100 MiB limit", path, (unsigned long long)hlen);
+    js_doc doc;
+    if ((rc = js_parse(&doc, (const char *)m->data + 8, (size_t)hlen, path, err))) return rc;
+    const js_node *root = js_at(&doc, 0);
+    const unsigned char *base = m->data + 8 + hlen;
+    uint64_t avail = m->size - 8 - hlen;
+    int first = tt->n;
+    if (root->type != JS_OBJ) { rc = cr_fail(err, CR_EFORMAT, "%s: header is not a JSON object", path); goto done; }
+    for (int32_t k = root->first_child; k >= 0; k = doc.nodes[doc.nodes[k].next].next) {
+        const js_node *kn = &doc.nodes[k], *v = &doc.nodes[kn->next];
+        const char *name = doc.arena + kn->str;
+        if (!strcmp(name, "__metadata__")) continue;
+        if (kn->len > CR_MAX_NAME) { rc = cr_fail(err, CR_EFORMAT, "%s: tensor name longer than %d bytes", path, CR_MAX_NAME); goto done; }
+        const char *dts = js_str(&doc, js_get(&doc, v, "dtype"));
+        const js_node *shape = js_get(&doc, v, "shape"), *offs = js_get(&doc, v, "data_offsets");
+        if (!dts || !shape || shape->type != JS_ARR || !offs || offs->type != JS_ARR || offs->count != 2) {
+            rc = cr_fail(err, CR_EFORMAT, "%s: tensor '%s' lacks dtype, shape or data_offsets", path, name);
+            goto done;
+        }
+        int elsize, dtype = cr_st_dtype(dts, &elsize);
+        if (dtype == -2) { rc = cr_fail(err, CR_EFORMAT, "%s: tensor '%s' has unknown dtype '%s'", path, name, dts); goto done; }
+        if (shape->count > CR_MAX_DIMS) { rc = cr_fail(err, CR_EUNSUPPORTED, "%s: tensor '%s' has %d dimensions (max %d)", path, name, shape->count, CR_MAX_DIMS); goto done; }
+        cr_tinfo *t = cr_ttable_push(tt, name, kn->len, err);
+        if (!t) { rc = CR_ENOMEM; goto done; }
+        t->dtype = dtype;
+        t->file = file;
+        t->ndim = shape->count;
+        uint64_t numel = 1;
+        int d = 0;
+        for (int32_t c = shape->first_child; c >= 0; c = doc.nodes[c].next, d++) {
+            const js_node *cn = &doc.nodes[c];
+            if (cn->type != JS_NUM || cn->num < 0 || cn->num > 4e12 || cn->num != floor(cn->num)) {
+                rc = cr_fail(err, CR_EFORMAT, "%s: tensor '%s' has an invalid shape", path, name);
+                goto done;
+            }
+            t->shape[d] = (int64_t)cn->num;
+            if (!cr_mul_ok(numel, (uint64_t)t->shape[d], &numel)) { rc = cr_fail(err, CR_EFORMAT, "%s: tensor '%s' shape overflows", path, name); goto done; }
+        }
+        const js_node *b = js_at(&doc, offs->first_child), *e = js_at(&doc, b->next);
+        if (b->type != JS_NUM || e->type != JS_NUM || b->num < 0 || e->num < b->num || e->num > 1.8e19 ||
+            b->num != floor(b->num) || e->num != floor(e->num)) {
+            rc = cr_fail(err, CR_EFORMAT, "%s: tensor '%s' has invalid data_offsets", path, name);
+            goto done;
+        }
+        uint64_t ob = (uint64_t)b->num, oe = (uint64_t)e->num, want;
+        if (oe > avail) { rc = cr_fail(err, CR_EFORMAT, "%s: tensor '%s' data [%llu, %llu) runs past the end of the file (%llu data bytes)", path, name, (unsigned long long)ob, (unsigned long long)oe, (unsigned long long)avail); goto done; }
+        if (!cr_mul_ok(numel, (uint64_t)elsize, &want) || want != oe - ob) {
+            rc = cr_fail(err, CR_EFORMAT, "%s: tensor '%s' holds %llu bytes but its shape and dtype need %llu", path, name, (unsigned long long)(oe - ob), (unsigned long long)want);
+            goto done;
+        }
+        t->data = base + ob;
+        t->nbytes = oe - ob;
+    }
+    rc = cr_ttable_check_overlap(tt, first, path, err);
+done:
+    js_free(&doc);
+    return rc;
+}
+
+/* A sharded checkpoint: model.safetensors.index.json maps tensor names to shard files. */
+static int cr_safetensors_load_index(cr_ttable *tt, const char *dir, const char *index_path, cr_err *err) {
+    char *buf;
+    size_t len;
+    int rc = cr_read_file(index_path, &buf, &len, err);
+    if (rc) return rc;
+    js_doc doc;
+    rc = js_parse(&doc, buf, len, index_path, err);
+    free(buf);
+    if (rc) return rc;
+    const js_node *wm = js_get(&doc, js_at(&doc, 0), "weight_map");
+    if (!wm || wm->type != JS_OBJ) {
+        js_free(&doc);
+        return cr_fail(err, CR_EFORMAT, "%s: no \"weight_map\" object", index_path);
+    }
+    /* Load each distinct shard once, in the order first seen. */
+    const char **seen = cr_calloc((size_t)wm->count + 1, sizeof *seen);
+    int n_seen = 0;
+    if (!seen) { js_free(&doc); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    for (int32_t k = wm->first_child; k >= 0 && !rc; k = doc.nodes[doc.nodes[k].next].next) {
+        const char *file = js_str(&doc, js_at(&doc, doc.nodes[k].next));
+        if (!file) { rc = cr_fail(err, CR_EFORMAT, "%s: weight_map values must be file names", index_path); break; }
+        if (strchr(file, '/') || !strcmp(file, "..")) { rc = cr_fail(err, CR_EFORMAT, "%s: shard name '%s' is not a plain file name", index_path, file); break; }
+        int dup = 0;
+        for (int i = 0; i < n_seen; i++) dup |= !strcmp(seen[i], file);
+        if (dup) continue;
+        if (n_seen >= CR_MAX_SHARDS) { rc = cr_fail(err, CR_ERANGE, "%s: more than %d shards", index_path, CR_MAX_SHARDS); break; }
+        seen[n_seen++] = file;
+        char *p = cr_path_join(dir, file);
+        if (!p) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); break; }
+        rc = cr_safetensors_load(tt, p, err);
+        free(p);
+    }
+    free(seen);
+    js_free(&doc);
+    return rc;
+}
+
+/* ---- GGUF ------------------------------------------------------------------------------------
+ * "GGUF", version, tensor count, metadata count, metadata (key, type, value), tensor infos
+ * (name, dims (fastest first), type, offset), padding to general.alignment, data. */
+
+enum { GG_U8, GG_I8, GG_U16, GG_I16, GG_U32, GG_I32, GG_F32, GG_BOOL, GG_STR, GG_ARR, GG_U64, GG_I64, GG_F64, GG_NTYPES };
+enum { GGML_F32 = 0, GGML_F16 = 1, GGML_Q8_0 = 8, GGML_BF16 = 30 };
+
+typedef struct cr_gguf_kv {
+    const char *key;              /* points into the map; not NUL-terminated */
+    uint64_t key_len;
+    int type;
+    int arr_type;                 /* for arrays */
+    uint64_t count;               /* for arrays */
+    const unsigned char *val;     /* start of the value (for arrays: of the elements) */
+} cr_gguf_kv;
+
+typedef struct cr_gguf {
+    const unsigned char *data;
+    size_t size;
+    const char *path;
+    uint32_t version;
+    cr_gguf_kv *kv;
+    uint64_t n_kv, n_tensors;
+    uint64_t alignment;
+} cr_gguf;
+
+static const int cr_gg_size[GG_NTYPES] = {1, 1, 2, 2, 4, 4, 4, 1, 0, 0, 8, 8, 8};
+
+typedef struct cr_rd { const unsigned char *p; size_t pos, size; } cr_rd;
+
+static int cr_rd_need(cr_rd *r, uint64_t n) { return n <= r->size - r->pos; }
+
+/* Reads a GGUF string (u64 length + bytes) without copying. */
+static int cr_gg_str(cr_rd *r, const char **s, uint64_t *len) {
+    if (!cr_rd_need(r, 8)) return 0;
+    uint64_t l = cr_rd64(r->p + r->pos);
+    if (l > CR_MAX_STRING || !cr_rd_need(r, 8 + l)) return 0;
+    *s = (const char *)r->p + r->pos + 8;
+    *len = l;
+    r->pos += 8 + l;
+    return 1;
+}
+
+/* Skips one value of `type`; arrays are checked element by element for strings. */
+static int cr_gg_skip(cr_rd *r, int type, int depth) {
+    if (type < 0 || type >= GG_NTYPES) return 0;
+    if (type == GG_STR) { const char *s; uint64_t l; return cr_gg_str(r, &s, &l); }
+    if (type == GG_ARR) {
+        if (depth > 2 || !cr_rd_need(r, 12)) return 0;
+        uint32_t at = cr_rd32(r->p + r->pos);
+        uint64_t n = cr_rd64(r->p + r->pos + 4);
+        r->pos += 12;
+        if (at >= GG_NTYPES || n > CR_MAX_ARRAY) return 0;
+        if (at != GG_STR && at != GG_ARR) {
+            uint64_t b;
+            if (!cr_mul_ok(n, (uint64_t)cr_gg_size[at], &b) || !cr_rd_need(r, b)) return 0;
+            r->pos += b;
+            return 1;
+        }
+        for (uint64_t i = 0; i < n; i++)
+            if (!cr_gg_skip(r, (int)at, depth + 1)) return 0;
+        return 1;
+    }
+    if (!cr_rd_need(r, (uint64_t)cr_gg_size[type])) return 0;
+    r->pos += (size_t)cr_gg_size[type];
+    return 1;
+}
+
+static const cr_gguf_kv *cr_gguf_find(const cr_gguf *g, const char *key) {
+    size_t kl = strlen(key);
+    for (uint64_t i = 0; i < g->n_kv; i++)
+        if (g->kv[i].key_len == kl && memcmp(g->kv[i].key, key, kl) == 0) return &g->kv[i];
+    return NULL;
+}
+
+/* Scalar metadata as double (any numeric or bool type); 0 when absent or not numeric. */
+static int cr_gguf_num(const cr_gguf *g, const char *key, double *out) {
+    const cr_gguf_kv *kv = cr_gguf_find(g, key);
+    if (!kv) return 0;
+    const unsigned char *v = kv->val;
+    switch (kv->type) {
+    case GG_U8: *out = v[0]; return 1;
+    case GG_I8: *out = (int8_t)v[0]; return 1;
+    case GG_BOOL: *out = v[0] != 0; return 1;
+    case GG_U16: *out = cr_rd16(v); return 1;
+    case GG_I16: *out = (int16_t)cr_rd16(v); return 1;
+    case GG_U32: *out = cr_rd32(v); return 1;
+    case GG_I32: *out = (int32_t)cr_rd32(v); return 1;
+    case GG_U64: *out = (double)cr_rd64(v); return 1;
+    case GG_I64: *out = (double)(int64_t)cr_rd64(v); return 1;
+    case GG_F32: { uint32_t b = cr_rd32(v); float f; memcpy(&f, &b, 4); *out = f; return 1; }
+    case GG_F64: { uint64_t b = cr_rd64(v); double f; memcpy(&f, &b, 8); *out = f; return 1; }
+    default: return 0;
+    }
+}
+
+/* String metadata copied into buf (truncated to cap-1); 0 when absent. */
+static int cr_gguf_strval(const cr_gguf *g, const char *key, char *buf, size_t cap) {
+    const cr_gguf_kv *kv = cr_gguf_find(g, key);
+    if (!kv || kv->type != GG_STR) return 0;
+    uint64_t l = cr_rd64(kv->val);
+    size_t n = l < cap - 1 ? (size_t)l : cap - 1;
+    memcpy(buf, kv->val + 8, n);
+    buf[n] = 0;
+    return 1;
+}
+
+static int cr_gguf_parse(cr_gguf *g, cr_ttable *tt, int file, const char *path, cr_err *err) {
+    const cr_map *m = &tt->maps[file];
+    memset(g, 0, sizeof *g);
+    g->data = m->data;
+    g->size = m->size;
+    g->path = path;
+    cr_rd r = {m->data, 0, m->size};
+    if (m->size < 24 || memcmp(m->data, "GGUF", 4) != 0)
+        return cr_fail(err, CR_EFORMAT, "%s: not a GGUF file (bad magic or shorter than a header)", path);
+    g->version = cr_rd32(m->data + 4);
+    if (g->version != 2 && g->version != 3) return cr_fail(err, CR_EUNSUPPORTED, "%s: GGUF version %u is not supported (2 or 3)", path, g->version);
+    g->n_tensors = cr_rd64(m->data + 8);
+    g->n_kv = cr_rd64(m->data + 16);
+    r.pos = 24;
+    if (g->n_tensors > CR_MAX_TENSORS) return cr_fail(err, CR_ERANGE, "%s: claims %llu tensors (limit %d)", path, (unsigned long long)g->n_tensors, CR_MAX_TENSORS);
+    if (g->n_kv > CR_MAX_KV) return cr_fail(err, CR_ERANGE, "%s: claims %llu metadata entries (limit %d)", path, (unsigned long long)g->n_kv, CR_MAX_KV);
+    /* Each entry needs at least 12 bytes, so a count the file cannot hold is caught early. */
+    if (g->n_kv * 12 > m->size || g->n_tensors * 24 > m->size)
+        return cr_fail(err, CR_EFORMAT, "%s: claims %llu metadata entries and %llu tensors, more than its %zu bytes can hold", path, (unsigned long long)g->n_kv, (unsigned long long)g->n_tensors, m->size);
+    g->kv = cr_calloc((size_t)g->n_kv, sizeof *g->kv);
+    if (!g->kv) return cr_fail(err, CR_ENOMEM, "out of memory");
+    g->alignment = 32;
+    for (uint64_t i = 0; i < g->n_kv; i++) {
+        cr_gguf_kv *kv = &g->kv[i];
+        if (!cr_gg_str(&r, &kv->key, &kv->key_len) || !cr_rd_need(&r, 4))
+            return cr_fail(err, CR_EFORMAT, "%s: metadata entry %llu is truncated or has an impossible key length", path, (unsigned long long)i);
+        kv->type = (int)cr_rd32(r.p + r.pos);
+        r.pos += 4;
+        if (kv->type < 0 || kv->type >= GG_NTYPES)
+            return cr_fail(err, CR_EFORMAT, "%s: metadata '%.*s' has unknown type %d", path, (int)(kv->key_len > 200 ? 200 : kv->key_len), kv->key, kv->type);
+        size_t at = r.pos;
+        if (!cr_gg_skip(&r, kv->type, 0))
+            return cr_fail(err, CR_EFORMAT, "%s: metadata '%.*s' is truncated or has an impossible length", path, (int)(kv->key_len > 200 ? 200 : kv->key_len), kv->key);
+        if (kv->type == GG_ARR) {
+            kv->arr_type = (int)cr_rd32(r.p + at);
+            kv->count = cr_rd64(r.p + at + 4);
+            kv->val = r.p + at + 12;
+        } else {
+            kv->val = r.p + at;
+        }
+    }
+    double al;
+    if (cr_gguf_num(g, "general.alignment", &al)) {
+        if (al < 1 || al > 65536 || ((uint64_t)al & ((uint64_t)al - 1)))
+            return cr_fail(err, CR_EFORMAT, "%s: general.alignment %g is not a power of two up to 65536", path, al);
+        g->alignment = (uint64_t)al;
+    }
+    /* Tensor infos come first; the data section starts at the next aligned offset after them. */
+    int first = tt->n;
+    for (uint64_t i = 0; i < g->n_tensors; i++) {
+        const char *name;
+        uint64_t nl;
+        if (!cr_gg_str(&r, &name, &nl) || nl > CR_MAX_NAME || !cr_rd_need(&r, 4))
+            return cr_fail(err, CR_EFORMAT, "%s: tensor info %llu is truncated or has an impossible name length", path, (unsigned long long)i);
+        uint32_t nd = cr_rd32(r.p + r.pos);
+        r.pos += 4;
+        if (nd < 1 || nd > CR_MAX_DIMS || !cr_rd_need(&r, 8ull * nd + 12))
+            return cr_fail(err, CR_EFORMAT, "%s: tensor '%.*s' has %u dimensions or is truncated", path, (int)nl, name, nd);
+        cr_tinfo *t = cr_ttable_push(tt, name, (size_t)nl, err);
+        if (!t) return CR_ENOMEM;
+        t->file = file;
+        t->ndim = (int)nd;
+        uint64_t numel = 1;
+        for (uint32_t d = 0; d < nd; d++) {
+            uint64_t ne = cr_rd64(r.p + r.pos + 8 * d);
+            if (ne > (1ull << 40) || !cr_mul_ok(numel, ne, &numel))
+                return cr_fail(err, CR_EFORMAT, "%s: tensor '%s' has an absurd dimension %llu", path, t->name, (unsigned long long)ne);
+            t->shape[nd - 1 - d] = (int64_t)ne; /* GGUF lists the fastest dimension first */
+        }
+        r.pos += 8ull * nd;
+        uint32_t gt = cr_rd32(r.p + r.pos);
+        uint64_t off = cr_rd64(r.p + r.pos + 4);
+        r.pos += 12;
+        t->dtype = gt == GGML_F32 ? CR_F32 : gt == GGML_F16 ? CR_F16 : gt == GGML_BF16 ? CR_BF16 : gt == GGML_Q8_0 ? CR_Q8_0 : -1;
+        uint64_t rowb = t->dtype >= 0 ? cr_row_bytes(t->dtype, (uint64_t)t->shape[nd - 1]) : 0;
+        if (t->dtype >= 0 && rowb == 0)
+            return cr_fail(err, CR_EFORMAT, "%s: tensor '%s' is Q8_0 but its row length %lld is not a multiple of 32", path, t->name, (long long)t->shape[nd - 1]);
+        if (t->dtype >= 0 && !cr_mul_ok(rowb, numel / (uint64_t)(t->shape[nd - 1] ? t->shape[nd - 1] : 1), &t->nbytes))
+            return cr_fail(err, CR_EFORMAT, "%s: tensor '%s' size overflows", path, t->name);
+        if (t->shape[nd - 1] == 0) t->nbytes = 0;
+        /* Stash the relative offset; resolved below. */
+        t->data = (const unsigned char *)(uintptr_t)off;
+        if (off % g->alignment)
+            return cr_fail(err, CR_EFORMAT, "%s: tensor '%s' offset %llu is not aligned to %llu", path, t->name, (unsigned long long)off, (unsigned long long)g->alignment);
+    }
+    uint64_t data_start = (r.pos + g->alignment - 1) / g->alignment * g->alignment;
+    if (g->n_tensors && data_start > m->size)
+        return cr_fail(err, CR_EFORMAT, "%s: data section starts past the end of the file", path);
+    for (int i = first; i < tt->n; i++) {
+        cr_tinfo *t = &tt->t[i];
+        uint64_t off = (uint64_t)(uintptr_t)t->data;
+        if (t->dtype < 0) { t->data = NULL; continue; } /* unknown types are fine until used */
+        if (off > m->size - data_start || t->nbytes > m->size - data_start - off)
+            return cr_fail(err, CR_EFORMAT, "%s: tensor '%s' data (offset %llu, %llu bytes) runs past the end of the file", path, t->name, (unsigned long long)off, (unsigned long long)t->nbytes);
+        t->data = m->data + data_start + off;
+    }
+    return cr_ttable_check_overlap(tt, first, path, err);
+}
+
+static void cr_gguf_free(cr_gguf *g) {
+    free(g->kv);
+    memset(g, 0, sizeof *g);
+}
+
+/* Reads array element i of a string array (bounds were checked at parse time by skipping). */
+typedef struct cr_gg_iter { const unsigned char *p; } cr_gg_iter;
+
+/* ---- GGUF writer -------------------------------------------------------------------------- */
+
+typedef struct cr_gw {
+    FILE *f;
+    uint64_t pos;
+    int failed;
+} cr_gw;
+
+static void cr_gw_bytes(cr_gw *w, const void *p, size_t n) {
+    if (n && fwrite(p, 1, n, w->f) != n) w->failed = 1;
+    w->pos += n;
+}
+static void cr_gw_u32(cr_gw *w, uint32_t v) {
+    unsigned char b[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16), (unsigned char)(v >> 24)};
+    cr_gw_bytes(w, b, 4);
+}
+static void cr_gw_u64(cr_gw *w, uint64_t v) { cr_gw_u32(w, (uint32_t)v), cr_gw_u32(w, (uint32_t)(v >> 32)); }
+static void cr_gw_f32(cr_gw *w, float f) { uint32_t b; memcpy(&b, &f, 4); cr_gw_u32(w, b); }
+static void cr_gw_str(cr_gw *w, const char *s, size_t n) { cr_gw_u64(w, n), cr_gw_bytes(w, s, n); }
+static void cr_gw_key(cr_gw *w, const char *key, int type) { cr_gw_str(w, key, strlen(key)), cr_gw_u32(w, (uint32_t)type); }
+static void cr_gw_kv_u32(cr_gw *w, const char *key, uint32_t v) { cr_gw_key(w, key, GG_U32), cr_gw_u32(w, v); }
+static void cr_gw_kv_i32(cr_gw *w, const char *key, int32_t v) { cr_gw_key(w, key, GG_I32), cr_gw_u32(w, (uint32_t)v); }
+static void cr_gw_kv_f32(cr_gw *w, const char *key, float v) { cr_gw_key(w, key, GG_F32), cr_gw_f32(w, v); }
+static void cr_gw_kv_bool(cr_gw *w, const char *key, int v) { unsigned char b = (unsigned char)(v != 0); cr_gw_key(w, key, GG_BOOL), cr_gw_bytes(w, &b, 1); }
+static void cr_gw_kv_str(cr_gw *w, const char *key, const char *v) { cr_gw_key(w, key, GG_STR), cr_gw_str(w, v, strlen(v)); }
+static void cr_gw_pad(cr_gw *w, uint64_t align) {
+    static const unsigned char zeros[64];
+    while (w->pos % align) cr_gw_bytes(w, zeros, (size_t)((align - w->pos % align) < 64 ? (align - w->pos % align) : 64));
+}
+
+/* ---- llama2.c checkpoints -------------------------------------------------------------------
+ * Seven int32 (dim, hidden_dim, n_layers, n_heads, n_kv_heads, vocab_size (negative: separate
+ * classifier), seq_len), then float32 arrays in a fixed order.  The tensors get canonical names
+ * directly. */
+
+typedef struct cr_l2c_header { int dim, hidden, n_layers, n_heads, n_kv_heads, vocab, seq_len, shared; } cr_l2c_header;
+
+static int cr_llama2c_load(cr_ttable *tt, const char *path, cr_l2c_header *h, cr_err *err) {
+    int rc = cr_ttable_add_map(tt, path, err);
+    if (rc) return rc;
+    const cr_map *m = &tt->maps[tt->n_maps - 1];
+    if (m->size < 28) return cr_fail(err, CR_EFORMAT, "%s: truncated llama2.c checkpoint (%zu bytes, header needs 28)", path, m->size);
+    int32_t v[7];
+    for (int i = 0; i < 7; i++) v[i] = (int32_t)cr_rd32(m->data + 4 * i);
+    h->dim = v[0], h->hidden = v[1], h->n_layers = v[2], h->n_heads = v[3], h->n_kv_heads = v[4];
+    h->shared = v[5] > 0;
+    h->vocab = v[5] < 0 ? (v[5] == INT32_MIN ? -1 : -v[5]) : v[5];
+    h->seq_len = v[6];
+    if (h->dim <= 0 || h->dim > CR_MAX_DIM || h->hidden <= 0 || h->hidden > CR_MAX_DIM || h->n_layers <= 0 ||
+        h->n_layers > CR_MAX_LAYERS || h->n_heads <= 0 || h->n_kv_heads <= 0 || h->n_kv_heads > h->n_heads ||
+        h->n_heads % h->n_kv_heads || h->dim % h->n_heads || (h->dim / h->n_heads) % 2 || h->vocab <= 0 ||
+        h->vocab > CR_MAX_VOCAB || h->seq_len <= 0 || h->seq_len > CR_MAX_CTX)
+        return cr_fail(err, CR_EFORMAT, "%s: implausible llama2.c header (dim %d, hidden %d, layers %d, heads %d/%d, vocab %d, seq_len %d)",
+                       path, h->dim, h->hidden, h->n_layers, h->n_heads, h->n_kv_heads, v[5], h->seq_len);
+    uint64_t d = (uint64_t)h->dim, hd = (uint64_t)h->hidden, L = (uint64_t)h->n_layers, V = (uint64_t)h->vocab;
+    uint64_t kv = d / (uint64_t)h->n_heads * (uint64_t)h->n_kv_heads, hs = d / (uint64_t)h->n_heads;
+    uint64_t pos = 28;
+    char name[64];
+    struct { const char *fmt; uint64_t rows, cols; int per_layer; } parts[] = {
+        {"token_embd.weight", V, d, 0},
+        {"blk.%d.attn_norm.weight", 1, d, 1},
+        {"blk.%d.attn_q.weight", d, d, 1},
+        {"blk.%d.attn_k.weight", kv, d, 1},
+        {"blk.%d.attn_v.weight", kv, d, 1},
+        {"blk.%d.attn_output.weight", d, d, 1},
+        {"blk.%d.ffn_norm.weight", 1, d, 1},
+        {"blk.%d.ffn_gate.weight", hd, d, 1},
+        {"blk.%d.ffn_down.weight", d, hd, 1},
+        {"blk.%d.ffn_up.weight", hd, d, 1},
+        {"output_norm.weight", 1, d, 0},
+        {NULL, (uint64_t)h->seq_len, hs, 0}, /* freq_cis real and imaginary halves: skipped */
+        {"output.weight", V, d, 0},
+    };
+    for (size_t p = 0; p < sizeof parts / sizeof parts[0]; p++) {
+        if (!parts[p].fmt) { pos += 4 * parts[p].rows * parts[p].cols; continue; }
+        if (p == sizeof parts / sizeof parts[0] - 1 && h->shared) break;
+        for (uint64_t l = 0; l < (parts[p].per_layer ? L : 1); l++) {
+            uint64_t nb = 4 * parts[p].rows * parts[p].cols;
+            if (pos > m->size || nb > m->size - pos)
+                return cr_fail(err, CR_EFORMAT, "%s: file is %zu bytes but the header needs at least %llu (truncated, or the header lies)", path, m->size, (unsigned long long)(pos + nb));
+            snprintf(name, sizeof name, parts[p].fmt, (int)l);
+            cr_tinfo *t = cr_ttable_push(tt, name, strlen(name), err);
+            if (!t) return CR_ENOMEM;
+            t->dtype = CR_F32;
+            t->file = tt->n_maps - 1;
+            t->ndim = parts[p].rows == 1 ? 1 : 2;
+            if (t->ndim == 1) t->shape[0] = (int64_t)parts[p].cols;
+            else t->shape[0] = (int64_t)parts[p].rows, t->shape[1] = (int64_t)parts[p].cols;
+            t->data = m->data + pos;
+            t->nbytes = nb;
+            pos += nb;
+        }
+    }
+    if (pos != m->size)
+        return cr_fail(err, CR_EFORMAT, "%s: file is %zu bytes but the header describes %llu (truncated, or the header lies)", path, m->size, (unsigned long long)pos);
+    return CR_OK;
+}
+
+/* ============================================================================================
+ * 4. Quantization and kernels
+ *
+ * A weight matrix is `rows` outputs by `cols` inputs.  Q8_0 stores each row as blocks of 32
+ * int8 values with one fp16 scale (llama.cpp's layout, so GGUF files are used in place).
+ * Every SIMD kernel has a scalar twin with the same name and a _scalar suffix; the tests and
+ * `confreg selftest` compare them.
+ * ============================================================================================ */
+
+typedef struct cr_mat {
+    int dtype;
+    int64_t rows, cols;           /* logical [out, in] */
+    const unsigned char *data;
+    int trans;                    /* storage is [cols, rows] (GPT-2 Conv1D); F32/F16/BF16 only */
+} cr_mat;
+
+/* Quantizes n floats (n % 32 == 0) into n/32 Q8_0 blocks: round to nearest, clamp to ±127,
+ * and a zero block gets scale 0 instead of a division by zero. */
+static void cr_quantize_q8_0(const float *x, unsigned char *out, int64_t n) {
+    for (int64_t b = 0; b < n / CR_QK; b++) {
+        const float *xb = x + b * CR_QK;
+        unsigned char *ob = out + b * CR_Q8_BLOCK_BYTES;
+        float amax = 0;
+        for (int i = 0; i < CR_QK; i++) amax = fmaxf(amax, fabsf(xb[i]));
+        float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        uint16_t dh = cr_f32_to_f16(d);
+        ob[0] = (unsigned char)dh, ob[1] = (unsigned char)(dh >> 8);
+        for (int i = 0; i < CR_QK; i++) {
+            float v = roundf(xb[i] * id);
+            v = v > 127 ? 127 : v < -127 ? -127 : v;
+            ob[2 + i] = (unsigned char)(int8_t)v;
+        }
+    }
+}
+
+static void cr_dequantize_q8_0(const unsigned char *q, float *out, int64_t n) {
+    for (int64_t b = 0; b < n / CR_QK; b++) {
+        const unsigned char *qb = q + b * CR_Q8_BLOCK_BYTES;
+        float d = cr_f16_to_f32(cr_rd16(qb));
+        for (int i = 0; i < CR_QK; i++) out[b * CR_QK + i] = d * (float)(int8_t)qb[2 + i];
+    }
+}
+
+/* ---- dot products: scalar twins ---- */
+static float cr_dot_f32_scalar(const float *a, const float *b, int64_t n) {
+    float s[4] = {0, 0, 0, 0};
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int k = 0; k < 4; k++) s[k] += a[i + k] * b[i + k];
+    for (; i < n; i++) s[0] += a[i] * b[i];
+    return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+static float cr_dot_f16_scalar(const uint16_t *w, const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += cr_f16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+static float cr_dot_bf16_scalar(const uint16_t *w, const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t i = 0; i < n; i++) s += cr_bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+
+/* Q8_0 weights against Q8_0 activations (the default, llama.cpp's arithmetic). */
+static float cr_dot_q8_scalar(const unsigned char *w, const unsigned char *x, int64_t n) {
+    float s = 0;
+    for (int64_t b = 0; b < n / CR_QK; b++) {
+        const unsigned char *wb = w + b * CR_Q8_BLOCK_BYTES, *xb = x + b * CR_Q8_BLOCK_BYTES;
+        int32_t acc = 0;
+        for (int i = 0; i < CR_QK; i++) acc += (int8_t)wb[2 + i] * (int8_t)xb[2 + i];
+        s += cr_f16_to_f32(cr_rd16(wb)) * cr_f16_to_f32(cr_rd16(xb)) * (float)acc;
+    }
+    return s;
+}
+
+/* Q8_0 weights against float activations (precise mode). */
+static float cr_dot_q8f_scalar(const unsigned char *w, const float *x, int64_t n) {
+    float s = 0;
+    for (int64_t b = 0; b < n / CR_QK; b++) {
+        const unsigned char *wb = w + b * CR_Q8_BLOCK_BYTES;
+        float acc = 0;
+        for (int i = 0; i < CR_QK; i++) acc += (float)(int8_t)wb[2 + i] * x[b * CR_QK + i];
+        s += cr_f16_to_f32(cr_rd16(wb)) * acc;
+    }
+    return s;
+}
+
+/* ---- dot products: SIMD ---- */
+#if defined(CR_AVX2)
+static inline float cr_hsum256(__m256 v) {
+    __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
+    lo = _mm_add_ps(lo, hi);
+    lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+    lo = _mm_add_ss(lo, _mm_shuffle_ps(lo, lo, 1));
+    return _mm_cvtss_f32(lo);
+}
+static float cr_dot_f32(const float *a, const float *b, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+        s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+    }
+    for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    float s = cr_hsum256(_mm256_add_ps(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+static float cr_dot_f16(const uint16_t *w, const float *x, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        s0 = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(w + i))), _mm256_loadu_ps(x + i), s0);
+    float s = cr_hsum256(s0);
+    for (; i < n; i++) s += cr_f16_to_f32(w[i]) * x[i];
+    return s;
+}
+static float cr_dot_bf16(const uint16_t *w, const float *x, int64_t n) {
+    __m256 s0 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(w + i))), 16);
+        s0 = _mm256_fmadd_ps(_mm256_castsi256_ps(v), _mm256_loadu_ps(x + i), s0);
+    }
+    float s = cr_hsum256(s0);
+    for (; i < n; i++) s += cr_bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+/* maddubs multiplies unsigned by signed bytes, so take |w| and move w's sign onto x. */
+static float cr_dot_q8(const unsigned char *w, const unsigned char *x, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    const __m256i ones = _mm256_set1_epi16(1);
+    for (int64_t b = 0; b < n / CR_QK; b++) {
+        const unsigned char *wb = w + b * CR_Q8_BLOCK_BYTES, *xb = x + b * CR_Q8_BLOCK_BYTES;
+        __m256i qw = _mm256_loadu_si256((const __m256i *)(wb + 2)), qx = _mm256_loadu_si256((const __m256i *)(xb + 2));
+        __m256i aw = _mm256_sign_epi8(qw, qw), sx = _mm256_sign_epi8(qx, qw);
+        __m256i p16 = _mm256_maddubs_epi16(aw, sx);
+        __m256i p32 = _mm256_madd_epi16(p16, ones);
+        float d = cr_f16_to_f32(cr_rd16(wb)) * cr_f16_to_f32(cr_rd16(xb));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p32), acc);
+    }
+    return cr_hsum256(acc);
+}
+static float cr_dot_q8f(const unsigned char *w, const float *x, int64_t n) {
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t b = 0; b < n / CR_QK; b++) {
+        const unsigned char *wb = w + b * CR_Q8_BLOCK_BYTES;
+        __m256 s = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wb + 2 + 8 * k))));
+            s = _mm256_fmadd_ps(q, _mm256_loadu_ps(x + b * CR_QK + 8 * k), s);
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(cr_f16_to_f32(cr_rd16(wb))), s, acc);
+    }
+    return cr_hsum256(acc);
+}
+#define CR_KERNEL_ISA "avx2"
+#elif defined(CR_NEON)
+static float cr_dot_f32(const float *a, const float *b, int64_t n) {
+    float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        s0 = vfmaq_f32(s0, vld1q_f32(a + i), vld1q_f32(b + i));
+        s1 = vfmaq_f32(s1, vld1q_f32(a + i + 4), vld1q_f32(b + i + 4));
+    }
+    float s = vaddvq_f32(vaddq_f32(s0, s1));
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+static float cr_dot_f16(const uint16_t *w, const float *x, int64_t n) {
+    float32x4_t s0 = vdupq_n_f32(0);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        s0 = vfmaq_f32(s0, vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(w + i))), vld1q_f32(x + i));
+    float s = vaddvq_f32(s0);
+    for (; i < n; i++) s += cr_f16_to_f32(w[i]) * x[i];
+    return s;
+}
+static float cr_dot_bf16(const uint16_t *w, const float *x, int64_t n) {
+    float32x4_t s0 = vdupq_n_f32(0);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4)
+        s0 = vfmaq_f32(s0, vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(w + i), 16)), vld1q_f32(x + i));
+    float s = vaddvq_f32(s0);
+    for (; i < n; i++) s += cr_bf16_to_f32(w[i]) * x[i];
+    return s;
+}
+static float cr_dot_q8(const unsigned char *w, const unsigned char *x, int64_t n) {
+    float32x4_t acc = vdupq_n_f32(0);
+    for (int64_t b = 0; b < n / CR_QK; b++) {
+        const unsigned char *wb = w + b * CR_Q8_BLOCK_BYTES, *xb = x + b * CR_Q8_BLOCK_BYTES;
+        int8x16_t w0 = vld1q_s8((const int8_t *)wb + 2), w1 = vld1q_s8((const int8_t *)wb + 18);
+        int8x16_t x0 = vld1q_s8((const int8_t *)xb + 2), x1 = vld1q_s8((const int8_t *)xb + 18);
+#if defined(__ARM_FEATURE_DOTPROD)
+        int32x4_t p = vdotq_s32(vdotq_s32(vdupq_n_s32(0), w0, x0), w1, x1);
+#else
+        int16x8_t a = vmull_s8(vget_low_s8(w0), vget_low_s8(x0));
+        a = vmlal_s8(a, vget_high_s8(w0), vget_high_s8(x0));
+        int16x8_t c = vmull_s8(vget_low_s8(w1), vget_low_s8(x1));
+        c = vmlal_s8(c, vget_high_s8(w1), vget_high_s8(x1));
+        int32x4_t p = vaddq_s32(vpaddlq_s16(a), vpaddlq_s16(c));
+#endif
+        float d = cr_f16_to_f32(cr_rd16(wb)) * cr_f16_to_f32(cr_rd16(xb));
+        acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), d);
+    }
+    return vaddvq_f32(acc);
+}
+static float cr_dot_q8f(const unsigned char *w, const float *x, int64_t n) { return cr_dot_q8f_scalar(w, x, n); }
+#if defined(__ARM_FEATURE_DOTPROD)
+#define CR_KERNEL_ISA "neon+dotprod"
+#else
+#define CR_KERNEL_ISA "neon"
+#endif
+#else
+#define cr_dot_f32 cr_dot_f32_scalar
+#define cr_dot_f16 cr_dot_f16_scalar
+#define cr_dot_bf16 cr_dot_bf16_scalar
+#define cr_dot_q8 cr_dot_q8_scalar
+#define cr_dot_q8f cr_dot_q8f_scalar
+#define CR_KERNEL_ISA "scalar"
+#endif
+
+/* One row of a matrix as floats (embedding lookups, weight analyses). */
+static void cr_mat_row(const cr_mat *w, int64_t r, float *out) {
+    if (w->trans) {
+        for (int64_t c = 0; c < w->cols; c++) {
+            const unsigned char *p = w->data + ((uint64_t)c * (uint64_t)w->rows + (uint64_t)r) * (w->dtype == CR_F32 ? 4 : 2);
+            out[c] = w->dtype == CR_F32 ? ((const float *)(const void *)p)[0]
+                   : w->dtype == CR_F16 ? cr_f16_to_f32(cr_rd16(p)) : cr_bf16_to_f32(cr_rd16(p));
+        }
+        return;
+    }
+    const unsigned char *p = w->data + (uint64_t)r * cr_row_bytes(w->dtype, (uint64_t)w->cols);
+    switch (w->dtype) {
+    case CR_F32: memcpy(out, p, (size_t)w->cols * 4); break;
+    case CR_F16: for (int64_t c = 0; c < w->cols; c++) out[c] = cr_f16_to_f32(cr_rd16(p + 2 * c)); break;
+    case CR_BF16: for (int64_t c = 0; c < w->cols; c++) out[c] = cr_bf16_to_f32(cr_rd16(p + 2 * c)); break;
+    case CR_Q8_0: cr_dequantize_q8_0(p, out, w->cols); break;
+    }
+}
+
+/* y[t, r] = sum_c W[r, c] x[t, c] (+ bias[r]) for t < n.  xq holds x quantized to Q8_0
+ * (one row of cols/32 blocks per position) when W is Q8_0 and not precise.  Rows are split
+ * across threads; each weight row is read once for all n positions. */
+static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, int n, float *y,
+                      const float *bias, int n_threads) {
+    const int64_t R = w->rows, C = w->cols;
+    (void)n_threads;
+    if (w->trans) {
+        /* [cols, rows] storage: accumulate scaled rows, splitting output columns over threads. */
+        const int64_t chunk = 64;
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+        for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+            int64_t r1 = r0 + chunk < R ? r0 + chunk : R;
+            for (int t = 0; t < n; t++) {
+                float *yt = y + (int64_t)t * R;
+                for (int64_t r = r0; r < r1; r++) yt[r] = bias ? bias[r] : 0.0f;
+                for (int64_t c = 0; c < C; c++) {
+                    float xv = x[(int64_t)t * C + c];
+                    if (w->dtype == CR_F32) {
+                        const float *wr = (const float *)(const void *)w->data + c * R;
+                        for (int64_t r = r0; r < r1; r++) yt[r] += xv * wr[r];
+                    } else {
+                        const unsigned char *wr = w->data + 2 * (uint64_t)(c * R);
+                        if (w->dtype == CR_F16)
+                            for (int64_t r = r0; r < r1; r++) yt[r] += xv * cr_f16_to_f32(cr_rd16(wr + 2 * r));
+                        else
+                            for (int64_t r = r0; r < r1; r++) yt[r] += xv * cr_bf16_to_f32(cr_rd16(wr + 2 * r));
+                    }
+                }
+            }
+        }
+        return;
+    }
+    const uint64_t rb = cr_row_bytes(w->dtype, (uint64_t)C);
+    const uint64_t xqb = cr_row_bytes(CR_Q8_0, (uint64_t)C);
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+    for (int64_t r = 0; r < R; r++) {
+        const unsigned char *wr = w->data + (uint64_t)r * rb;
+        float b = bias ? bias[r] : 0.0f;
+        for (int t = 0; t < n; t++) {
+            const float *xt = x + (int64_t)t * C;
+            float v;
+            switch (w->dtype) {
+            case CR_F32: v = cr_dot_f32((const float *)(const void *)wr, xt, C); break;
+            case CR_F16: v = cr_dot_f16((const uint16_t *)(const void *)wr, xt, C); break;
+            case CR_BF16: v = cr_dot_bf16((const uint16_t *)(const void *)wr, xt, C); break;
+            default: v = xq ? cr_dot_q8(wr, xq + (uint64_t)t * xqb, C) : cr_dot_q8f(wr, xt, C); break;
+            }
+            y[(int64_t)t * R + r] = v + b;
+        }
+    }
+}
+
+/* ============================================================================================
+ * 5. Models and forward pass
+ * ============================================================================================ */
+
+static const char *const cr_arch_names[CR_ARCH_COUNT] = {"gpt2", "llama", "mistral", "qwen2", "gemma", "gpt_neox", "phi"};
+/* llama.cpp's architecture names, used in GGUF files (mistral is stored as llama). */
+static const char *const cr_arch_gguf[CR_ARCH_COUNT] = {"gpt2", "llama", "llama", "qwen2", "gemma", "gptneox", "phi2"};
+
+const char *cr_arch_name(int arch) { return arch >= 0 && arch < CR_ARCH_COUNT ? cr_arch_names[arch] : "unknown"; }
+
+typedef struct cr_layer {
+    float *attn_norm_w, *attn_norm_b, *ffn_norm_w, *ffn_norm_b;   /* [d] (b: NULL for RMSNorm) */
+    cr_mat wqkv;                                                   /* fused [(H+2K)*hd, d], or rows=0 */
+    float *bqkv;
+    cr_mat wq, wk, wv, wo;                                         /* [H*hd, d], [K*hd, d], [K*hd, d], [d, H*hd] */
+    float *bq, *bk, *bv, *bo;
+    cr_mat w_gate, w_up, w_down;                                   /* [f, d], [f, d], [d, f] */
+    float *b_up, *b_down;
+} cr_layer;
+
+struct cr_model {
+    cr_config cfg;
+    cr_ttable tt;
+    cr_layer *layers;              /* [n_layers] */
+    cr_mat tok_embd;               /* [V, d] */
+    cr_mat pos_embd;               /* [n_ctx, d] or rows=0 */
+    cr_mat output;                 /* [V, d] (tok_embd when tied) */
+    float *out_norm_w, *out_norm_b;/* [d] */
+    float *b_out;                  /* [V] or NULL */
+    int qkv_per_head;              /* fused qkv rows grouped per head as [q k v] (HF GPT-NeoX) */
+    int sliding_window;            /* 0: none */
+    cr_tokenizer *tok;
+    void **owned;                  /* small float vectors and realigned copies */
+    int n_owned, cap_owned;
+    char *path;
+};
+
+static void *cr_model_own(cr_model *m, void *p) {
+    if (!p) return NULL;
+    if (m->n_owned == m->cap_owned) {
+        int cap = m->cap_owned ? m->cap_owned * 2 : 64;
+        void **no = realloc(m->owned, (size_t)cap * sizeof *no);
+        if (!no) { free(p); return NULL; }
+        m->owned = no;
+        m->cap_owned = cap;
+    }
+    m->owned[m->n_owned++] = p;
+    return p;
+}
+
+const cr_config *cr_model_config(const cr_model *m) { return &m->cfg; }
+const cr_tokenizer *cr_model_tokenizer(const cr_model *m) { return m->tok; }
+
+size_t cr_model_weight_bytes(const cr_model *m) {
+    size_t s = 0;
+    for (int i = 0; i < m->tt.n; i++) s += (size_t)m->tt.t[i].nbytes;
+    return s;
+}
+
+static void cr_count_mat(const cr_mat *w, int counts[4]) { if (w->rows && w->dtype >= 0 && w->dtype < 4) counts[w->dtype]++; }
+
+void cr_model_dtype_counts(const cr_model *m, int counts[4]) {
+    memset(counts, 0, 4 * sizeof *counts);
+    cr_count_mat(&m->tok_embd, counts);
+    cr_count_mat(&m->pos_embd, counts);
+    if (m->output.data != m->tok_embd.data) cr_count_mat(&m->output, counts);
+    for (int l = 0; l < m->cfg.n_layers; l++) {
+        const cr_layer *L = &m->layers[l];
+        const cr_mat *ms[] = {&L->wqkv, &L->wq, &L->wk, &L->wv, &L->wo, &L->w_gate, &L->w_up, &L->w_down};
+        for (size_t i = 0; i < sizeof ms / sizeof ms[0]; i++) cr_count_mat(ms[i], counts);
+    }
+}
+
+void cr_model_close(cr_model *m) {
+    if (!m) return;
+    cr_tokenizer_close(m->tok);
+    for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
+    free(m->owned);
+    free(m->layers);
+    cr_ttable_free(&m->tt);
+    free(m->path);
+    free(m);
+}
+
+/* ---- Hugging Face names -> canonical names ---------------------------------------------------
+ * One pattern per tensor; "%d" stands for the layer.  HF GPT-2 may carry a "transformer."
+ * prefix, which is stripped before matching. */
+typedef struct cr_name_map { const char *canon, *hf; } cr_name_map;
+
+static const cr_name_map cr_names_gpt2[] = {
+    {"token_embd.weight", "wte.weight"}, {"position_embd.weight", "wpe.weight"},
+    {"output_norm.weight", "ln_f.weight"}, {"output_norm.bias", "ln_f.bias"}, {"output.weight", "lm_head.weight"},
+    {"blk.%d.attn_norm.weight", "h.%d.ln_1.weight"}, {"blk.%d.attn_norm.bias", "h.%d.ln_1.bias"},
+    {"blk.%d.attn_qkv.weight", "h.%d.attn.c_attn.weight"}, {"blk.%d.attn_qkv.bias", "h.%d.attn.c_attn.bias"},
+    {"blk.%d.attn_output.weight", "h.%d.attn.c_proj.weight"}, {"blk.%d.attn_output.bias", "h.%d.attn.c_proj.bias"},
+    {"blk.%d.ffn_norm.weight", "h.%d.ln_2.weight"}, {"blk.%d.ffn_norm.bias", "h.%d.ln_2.bias"},
+    {"blk.%d.ffn_up.weight", "h.%d.mlp.c_fc.weight"}, {"blk.%d.ffn_up.bias", "h.%d.mlp.c_fc.bias"},
+    {"blk.%d.ffn_down.weight", "h.%d.mlp.c_proj.weight"}, {"blk.%d.ffn_down.bias", "h.%d.mlp.c_proj.bias"},
+    {NULL, NULL}};
+static const cr_name_map cr_names_llama[] = {
+    {"token_embd.weight", "model.embed_tokens.weight"}, {"output_norm.weight", "model.norm.weight"},
+    {"output.weight", "lm_head.weight"},
+    {"blk.%d.attn_norm.weight", "model.layers.%d.input_layernorm.weight"},
+    {"blk.%d.attn_q.weight", "model.layers.%d.self_attn.q_proj.weight"}, {"blk.%d.attn_q.bias", "model.layers.%d.self_attn.q_proj.bias"},
+    {"blk.%d.attn_k.weight", "model.layers.%d.self_attn.k_proj.weight"}, {"blk.%d.attn_k.bias", "model.layers.%d.self_attn.k_proj.bias"},
+    {"blk.%d.attn_v.weight", "model.layers.%d.self_attn.v_proj.weight"}, {"blk.%d.attn_v.bias", "model.layers.%d.self_attn.v_proj.bias"},
+    {"blk.%d.attn_output.weight", "model.layers.%d.self_attn.o_proj.weight"}, {"blk.%d.attn_output.bias", "model.layers.%d.self_attn.o_proj.bias"},
+    {"blk.%d.ffn_norm.weight", "model.layers.%d.post_attention_layernorm.weight"},
+    {"blk.%d.ffn_gate.weight", "model.layers.%d.mlp.gate_proj.weight"},
+    {"blk.%d.ffn_up.weight", "model.layers.%d.mlp.up_proj.weight"},
+    {"blk.%d.ffn_down.weight", "model.layers.%d.mlp.down_proj.weight"},
+    {NULL, NULL}};
+static const cr_name_map cr_names_neox[] = {
+    {"token_embd.weight", "gpt_neox.embed_in.weight"}, {"output.weight", "embed_out.weight"},
+    {"output_norm.weight", "gpt_neox.final_layer_norm.weight"}, {"output_norm.bias", "gpt_neox.final_layer_norm.bias"},
+    {"blk.%d.attn_norm.weight", "gpt_neox.layers.%d.input_layernorm.weight"}, {"blk.%d.attn_norm.bias", "gpt_neox.layers.%d.input_layernorm.bias"},
+    {"blk.%d.attn_qkv.weight", "gpt_neox.layers.%d.attention.query_key_value.weight"}, {"blk.%d.attn_qkv.bias", "gpt_neox.layers.%d.attention.query_key_value.bias"},
+    {"blk.%d.attn_output.weight", "gpt_neox.layers.%d.attention.dense.weight"}, {"blk.%d.attn_output.bias", "gpt_neox.layers.%d.attention.dense.bias"},
+    {"blk.%d.ffn_norm.weight", "gpt_neox.layers.%d.post_attention_layernorm.weight"}, {"blk.%d.ffn_norm.bias", "gpt_neox.layers.%d.post_attention_layernorm.bias"},
+    {"blk.%d.ffn_up.weight", "gpt_neox.layers.%d.mlp.dense_h_to_4h.weight"}, {"blk.%d.ffn_up.bias", "gpt_neox.layers.%d.mlp.dense_h_to_4h.bias"},
+    {"blk.%d.ffn_down.weight", "gpt_neox.layers.%d.mlp.dense_4h_to_h.weight"}, {"blk.%d.ffn_down.bias", "gpt_neox.layers.%d.mlp.dense_4h_to_h.bias"},
+    {NULL, NULL}};
+static const cr_name_map cr_names_phi[] = {
+    {"token_embd.weight", "model.embed_tokens.weight"},
+    {"output_norm.weight", "model.final_layernorm.weight"}, {"output_norm.bias", "model.final_layernorm.bias"},
+    {"output.weight", "lm_head.weight"}, {"output.bias", "lm_head.bias"},
+    {"blk.%d.attn_norm.weight", "model.layers.%d.input_layernorm.weight"}, {"blk.%d.attn_norm.bias", "model.layers.%d.input_layernorm.bias"},
+    {"blk.%d.attn_q.weight", "model.layers.%d.self_attn.q_proj.weight"}, {"blk.%d.attn_q.bias", "model.layers.%d.self_attn.q_proj.bias"},
+    {"blk.%d.attn_k.weight", "model.layers.%d.self_attn.k_proj.weight"}, {"blk.%d.attn_k.bias", "model.layers.%d.self_attn.k_proj.bias"},
+    {"blk.%d.attn_v.weight", "model.layers.%d.self_attn.v_proj.weight"}, {"blk.%d.attn_v.bias", "model.layers.%d.self_attn.v_proj.bias"},
+    {"blk.%d.attn_output.weight", "model.layers.%d.self_attn.dense.weight"}, {"blk.%d.attn_output.bias", "model.layers.%d.self_attn.dense.bias"},
+    {"blk.%d.ffn_up.weight", "model.layers.%d.mlp.fc1.weight"}, {"blk.%d.ffn_up.bias", "model.layers.%d.mlp.fc1.bias"},
+    {"blk.%d.ffn_down.weight", "model.layers.%d.mlp.fc2.weight"}, {"blk.%d.ffn_down.bias", "model.layers.%d.mlp.fc2.bias"},
+    {NULL, NULL}};
+
+static const cr_name_map *cr_names_for(int arch) {
+    switch (arch) {
+    case CR_ARCH_GPT2: return cr_names_gpt2;
+    case CR_ARCH_GPT_NEOX: return cr_names_neox;
+    case CR_ARCH_PHI: return cr_names_phi;
+    default: return cr_names_llama;
+    }
+}
+
+/* Matches name against a pattern with at most one "%d"; returns the layer (0 if none) or -1. */
+static int cr_pattern_match(const char *pat, const char *name) {
+    const char *pd = strstr(pat, "%d");
+    if (!pd) return strcmp(pat, name) == 0 ? 0 : -1;
+    size_t pre = (size_t)(pd - pat);
+    if (strncmp(pat, name, pre) != 0) return -1;
+    const char *p = name + pre;
+    if (*p < '0' || *p > '9') return -1;
+    long v = 0;
+    while (*p >= '0' && *p <= '9') { v = v * 10 + (*p - '0'); if (v > CR_MAX_LAYERS) return -1; p++; }
+    return strcmp(p, pd + 2) == 0 ? (int)v : -1;
+}
+
+static int cr_hf_canonicalize(cr_model *m, cr_err *err) {
+    const cr_name_map *map = cr_names_for(m->cfg.arch);
+    for (int i = 0; i < m->tt.n; i++) {
+        cr_tinfo *t = &m->tt.t[i];
+        const char *name = t->name;
+        if (m->cfg.arch == CR_ARCH_GPT2 && !strncmp(name, "transformer.", 12)) name += 12;
+        for (const cr_name_map *e = map; e->canon; e++) {
+            int layer = cr_pattern_match(e->hf, name);
+            if (layer < 0) continue;
+            char buf[128];
+            snprintf(buf, sizeof buf, e->canon, layer);
+            char *nn = cr_strndup(buf, strlen(buf));
+            if (!nn) return cr_fail(err, CR_ENOMEM, "out of memory");
+            /* GPT-2's Conv1D stores [in, out]; the canonical form is [out, in]. */
+            if (m->cfg.arch == CR_ARCH_GPT2 && t->ndim == 2 && strstr(buf, "blk.")) {
+                int64_t a = t->shape[0];
+                t->shape[0] = t->shape[1], t->shape[1] = a;
+                t->transposed = 1;
+            }
+            free(t->name);
+            t->name = nn;
+            break;
+        }
+    }
+    return CR_OK;
+}
+
+/* ---- config ------------------------------------------------------------------------------- */
+
+static int cr_cfg_int(const js_doc *d, const js_node *o, const char *key, int *out, int lo, int hi, const char *path, cr_err *err) {
+    double v;
+    if (!js_get_num(d, o, key, &v)) return 0;
+    if (v != floor(v) || v < lo || v > hi) { cr_fail(err, CR_EFORMAT, "%s: \"%s\" = %g is out of range [%d, %d]", path, key, v, lo, hi); return -1; }
+    *out = (int)v;
+    return 1;
+}
+
+static int cr_config_from_hf(cr_config *c, const char *path, const char *text, size_t len, cr_err *err) {
+    js_doc doc;
+    int rc = js_parse(&doc, text, len, path, err);
+    if (rc) return rc;
+    const js_node *root = js_at(&doc, 0);
+    const char *mt = js_str(&doc, js_get(&doc, root, "model_type"));
+    memset(c, 0, sizeof *c);
+    c->arch = -1;
+    for (int a = 0; mt && a < CR_ARCH_COUNT; a++)
+        if (!strcmp(mt, cr_arch_names[a])) c->arch = a;
+    if (c->arch < 0) {
+        rc = cr_fail(err, CR_EUNSUPPORTED, "%s: unknown architecture \"%s\" (supported: gpt2, llama, mistral, qwen2, gemma, gpt_neox, phi)", path, mt ? mt : "(no model_type)");
+        goto done;
+    }
+    const js_node *rp = js_get(&doc, root, "rope_parameters");
+    if (!rp) rp = js_get(&doc, root, "rope_scaling");
+    struct { const char *key; int *dst; int lo, hi; } ints_gpt2[] = {
+        {"n_embd", &c->d_model, 1, CR_MAX_DIM}, {"n_layer", &c->n_layers, 1, CR_MAX_LAYERS}, {"n_head", &c->n_heads, 1, 4096},
+        {"n_positions", &c->n_ctx, 1, CR_MAX_CTX}, {"vocab_size", &c->n_vocab, 1, CR_MAX_VOCAB}}, ints_std[] = {
+        {"hidden_size", &c->d_model, 1, CR_MAX_DIM}, {"num_hidden_layers", &c->n_layers, 1, CR_MAX_LAYERS},
+        {"num_attention_heads", &c->n_heads, 1, 4096}, {"max_position_embeddings", &c->n_ctx, 1, CR_MAX_CTX},
+        {"vocab_size", &c->n_vocab, 1, CR_MAX_VOCAB}, {"intermediate_size", &c->d_mlp, 1, CR_MAX_DIM}};
+    int is_gpt2 = c->arch == CR_ARCH_GPT2;
+    size_t nints = is_gpt2 ? sizeof ints_gpt2 / sizeof ints_gpt2[0] : sizeof ints_std / sizeof ints_std[0];
+    for (size_t i = 0; i < nints; i++) {
+        int r = cr_cfg_int(&doc, root, is_gpt2 ? ints_gpt2[i].key : ints_std[i].key, is_gpt2 ? ints_gpt2[i].dst : ints_std[i].dst,
+                           is_gpt2 ? ints_gpt2[i].lo : ints_std[i].lo, is_gpt2 ? ints_gpt2[i].hi : ints_std[i].hi, path, err);
+        if (r < 0) { rc = CR_EFORMAT; goto done; }
+        if (r == 0) { rc = cr_fail(err, CR_EFORMAT, "%s: missing \"%s\"", path, is_gpt2 ? ints_gpt2[i].key : ints_std[i].key); goto done; }
+    }
+    c->n_kv_heads = c->n_heads;
+    if (cr_cfg_int(&doc, root, "num_key_value_heads", &c->n_kv_heads, 1, 4096, path, err) < 0) { rc = CR_EFORMAT; goto done; }
+    if (c->d_model % c->n_heads) { rc = cr_fail(err, CR_EFORMAT, "%s: hidden size %d is not divisible by %d heads", path, c->d_model, c->n_heads); goto done; }
+    c->head_dim = c->d_model / c->n_heads;
+    if (cr_cfg_int(&doc, root, "head_dim", &c->head_dim, 1, 65536, path, err) < 0) { rc = CR_EFORMAT; goto done; }
+    if (c->n_heads % c->n_kv_heads) { rc = cr_fail(err, CR_EFORMAT, "%s: %d heads are not divisible into %d key/value heads", path, c->n_heads, c->n_kv_heads); goto done; }
+    double v;
+    const char *act = js_str(&doc, js_get(&doc, root, "hidden_activation"));
+    if (!act) act = js_str(&doc, js_get(&doc, root, "hidden_act"));
+    if (!act) act = js_str(&doc, js_get(&doc, root, "activation_function"));
+    c->bos_id = c->eos_id = -1;
+    if (js_get_num(&doc, root, "bos_token_id", &v) && v >= 0 && v < c->n_vocab) c->bos_id = (int32_t)v;
+    if (js_get_num(&doc, root, "eos_token_id", &v) && v >= 0 && v < c->n_vocab) c->eos_id = (int32_t)v;
+    c->rope_theta = 10000.0f;
+    if (js_get_num(&doc, root, "rope_theta", &v) || js_get_num(&doc, rp, "rope_theta", &v) || js_get_num(&doc, root, "rotary_emb_base", &v)) c->rope_theta = (float)v;
+    const char *rtype = js_str(&doc, js_get(&doc, rp, "rope_type"));
+    if (!rtype) rtype = js_str(&doc, js_get(&doc, rp, "type"));
+    if (rtype && strcmp(rtype, "default") != 0) { rc = cr_fail(err, CR_EUNSUPPORTED, "%s: rope scaling type \"%s\" is not supported", path, rtype); goto done; }
+    double partial = 1.0;
+    if (js_get_num(&doc, root, "rotary_pct", &v) || js_get_num(&doc, rp, "partial_rotary_factor", &v) || js_get_num(&doc, root, "partial_rotary_factor", &v)) partial = v;
+    if (partial <= 0 || partial > 1) { rc = cr_fail(err, CR_EFORMAT, "%s: partial rotary factor %g outside (0, 1]", path, partial); goto done; }
+    c->tied_embeddings = js_get_bool(&doc, root, "tie_word_embeddings", c->arch == CR_ARCH_GPT2 || c->arch == CR_ARCH_GEMMA);
+    switch (c->arch) {
+    case CR_ARCH_GPT2: {
+        c->d_mlp = 4 * c->d_model;
+        if (cr_cfg_int(&doc, root, "n_inner", &c->d_mlp, 1, CR_MAX_DIM, path, err) < 0) { rc = CR_EFORMAT; goto done; }
+        c->norm_eps = js_get_num(&doc, root, "layer_norm_epsilon", &v) ? (float)v : 1e-5f;
+        c->act = act && !strcmp(act, "gelu") ? 0 : 1;
+        break;
+    }
+    case CR_ARCH_GPT_NEOX:
+        c->norm_eps = js_get_num(&doc, root, "layer_norm_eps", &v) ? (float)v : 1e-5f;
+        c->parallel_block = js_get_bool(&doc, root, "use_parallel_residual", 1);
+        c->rotary_dims = (int)(c->head_dim * partial);
+        c->act = act && strcmp(act, "gelu") ? 1 : 0;
+        break;
+    case CR_ARCH_PHI:
+        if (js_get_bool(&doc, root, "qk_layernorm", 0)) { rc = cr_fail(err, CR_EUNSUPPORTED, "%s: phi with qk_layernorm is not supported", path); goto done; }
+        c->norm_eps = js_get_num(&doc, root, "layer_norm_eps", &v) ? (float)v : 1e-5f;
+        c->parallel_block = 1;
+        c->rotary_dims = (int)(c->head_dim * partial);
+        c->act = act && !strcmp(act, "gelu") ? 0 : 1;
+        break;
+    default: /* llama family and gemma */
+        c->rms_norm = 1;
+        c->gated_mlp = 1;
+        c->norm_eps = js_get_num(&doc, root, "rms_norm_eps", &v) ? (float)v : 1e-6f;
+        c->rotary_dims = c->head_dim;
+        c->act = c->arch == CR_ARCH_GEMMA ? 1 : 2;
+        if (act && (!strcmp(act, "gelu_pytorch_tanh") || !strcmp(act, "gelu_new"))) c->act = 1;
+        else if (act && !strcmp(act, "gelu")) c->act = 0;
+        else if (act && strcmp(act, "silu")) { rc = cr_fail(err, CR_EUNSUPPORTED, "%s: activation \"%s\" is not supported", path, act); goto done; }
+        break;
+    }
+    if (c->rotary_dims % 2) { rc = cr_fail(err, CR_EFORMAT, "%s: rotary dimension %d is odd", path, c->rotary_dims); goto done; }
+done:
+    js_free(&doc);
+    return rc;
+}
+
+/* GGUF hyperparameters, keyed by llama.cpp's architecture name. */
+static int cr_config_from_gguf(cr_config *c, const cr_gguf *g, cr_err *err) {
+    char arch[64], key[128];
+    memset(c, 0, sizeof *c);
+    if (!cr_gguf_strval(g, "general.architecture", arch, sizeof arch)) return cr_fail(err, CR_EFORMAT, "%s: no general.architecture", g->path);
+    c->arch = -1;
+    for (int a = 0; a < CR_ARCH_COUNT; a++)
+        if (!strcmp(arch, cr_arch_gguf[a]) && c->arch < 0) c->arch = a;
+    if (c->arch < 0) return cr_fail(err, CR_EUNSUPPORTED, "%s: unknown architecture \"%s\" (supported: gpt2, llama, qwen2, gemma, gptneox, phi2)", g->path, arch);
+    double v;
+    struct { const char *suffix; int *dst; int lo, hi, required; } ints[] = {
+        {"embedding_length", &c->d_model, 1, CR_MAX_DIM, 1}, {"block_count", &c->n_layers, 1, CR_MAX_LAYERS, 1},
+        {"attention.head_count", &c->n_heads, 1, 4096, 1}, {"context_length", &c->n_ctx, 1, CR_MAX_CTX, 1},
+        {"feed_forward_length", &c->d_mlp, 1, CR_MAX_DIM, 1}, {"attention.head_count_kv", &c->n_kv_heads, 1, 4096, 0},
+        {"attention.key_length", &c->head_dim, 1, 65536, 0}, {"rope.dimension_count", &c->rotary_dims, 0, 65536, 0}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        snprintf(key, sizeof key, "%s.%s", arch, ints[i].suffix);
+        if (!cr_gguf_num(g, key, &v)) {
+            if (ints[i].required) return cr_fail(err, CR_EFORMAT, "%s: missing metadata %s", g->path, key);
+            continue;
+        }
+        if (v != floor(v) || v < ints[i].lo || v > ints[i].hi) return cr_fail(err, CR_EFORMAT, "%s: metadata %s = %g is out of range", g->path, key, v);
+        *ints[i].dst = (int)v;
+    }
+    if (!c->n_kv_heads) c->n_kv_heads = c->n_heads;
+    if (!c->head_dim) {
+        if (c->d_model % c->n_heads) return cr_fail(err, CR_EFORMAT, "%s: embedding length %d not divisible by %d heads", g->path, c->d_model, c->n_heads);
+        c->head_dim = c->d_model / c->n_heads;
+    }
+    if (c->n_heads % c->n_kv_heads) return cr_fail(err, CR_EFORMAT, "%s: %d heads not divisible into %d key/value heads", g->path, c->n_heads, c->n_kv_heads);
+    snprintf(key, sizeof key, "%s.rope.freq_base", arch);
+    c->rope_theta = cr_gguf_num(g, key, &v) ? (float)v : 10000.0f;
+    c->rms_norm = c->arch == CR_ARCH_LLAMA || c->arch == CR_ARCH_QWEN2 || c->arch == CR_ARCH_GEMMA;
+    snprintf(key, sizeof key, c->rms_norm ? "%s.attention.layer_norm_rms_epsilon" : "%s.attention.layer_norm_epsilon", arch);
+    if (!cr_gguf_num(g, key, &v)) return cr_fail(err, CR_EFORMAT, "%s: missing metadata %s", g->path, key);
+    c->norm_eps = (float)v;
+    c->gated_mlp = c->rms_norm;
+    c->act = c->arch == CR_ARCH_GEMMA || c->arch == CR_ARCH_GPT2 || c->arch == CR_ARCH_PHI ? 1 : c->arch == CR_ARCH_GPT_NEOX ? 0 : 2;
+    c->parallel_block = c->arch == CR_ARCH_PHI;
+    if (c->arch == CR_ARCH_GPT_NEOX) {
+        snprintf(key, sizeof key, "%s.use_parallel_residual", arch);
+        c->parallel_block = cr_gguf_num(g, key, &v) ? v != 0 : 1;
+    }
+    if (c->arch == CR_ARCH_GPT2) c->rotary_dims = 0;
+    else if (!c->rotary_dims) c->rotary_dims = c->head_dim;
+    if (c->rotary_dims > c->head_dim || c->rotary_dims % 2) return cr_fail(err, CR_EFORMAT, "%s: rope dimension %d does not fit head size %d", g->path, c->rotary_dims, c->head_dim);
+    /* llama.cpp stores llama-arch q/k permuted for rotation of adjacent pairs. */
+    c->rope_interleaved = c->arch == CR_ARCH_LLAMA;
+    c->bos_id = c->eos_id = -1;
+    if (cr_gguf_num(g, "tokenizer.ggml.bos_token_id", &v)) c->bos_id = (int32_t)v;
+    if (cr_gguf_num(g, "tokenizer.ggml.eos_token_id", &v)) c->eos_id = (int32_t)v;
+    return CR_OK;
+}
+
+/* ---- building the weights from the canonical tensor table ---------------------------------- */
+
+static int cr_get_mat(cr_model *m, cr_mat *out, const char *name, int64_t rows, int64_t cols, int required, cr_err *err) {
+    memset(out, 0, sizeof *out);
+    const cr_tinfo *t = cr_ttable_find(&m->tt, name);
+    if (!t) return required ? cr_fail(err, CR_EFORMAT, "%s: missing tensor '%s'", m->path, name) : CR_OK;
+    if (t->dtype < 0) return cr_fail(err, CR_EUNSUPPORTED, "%s: tensor '%s' has a dtype confreg does not read", m->path, name);
+    if (t->ndim != 2 || t->shape[0] != rows || t->shape[1] != cols)
+        return cr_fail(err, CR_EFORMAT, "%s: tensor '%s' has shape [%lld, %lld] (ndim %d) but the config needs [%lld, %lld]", m->path, name,
+                       (long long)t->shape[0], (long long)(t->ndim > 1 ? t->shape[1] : 0), t->ndim, (long long)rows, (long long)cols);
+    out->dtype = t->dtype;
+    out->rows = rows;
+    out->cols = cols;
+    out->trans = t->transposed;
+    out->data = t->data;
+    /* A misaligned float array (possible in safetensors) gets an aligned copy in its own dtype. */
+    size_t align = t->dtype == CR_F32 ? 4 : t->dtype == CR_Q8_0 ? 1 : 2;
+    if ((uintptr_t)t->data % align) {
+        void *cp = cr_model_own(m, malloc((size_t)t->nbytes));
+        if (!cp) return cr_fail(err, CR_ENOMEM, "out of memory");
+        memcpy(cp, t->data, (size_t)t->nbytes);
+        out->data = cp;
+    }
+    return CR_OK;
+}
+
+/* 1-D tensors (norms, biases) become small float arrays owned by the model. */
+static int cr_get_vec(cr_model *m, float **out, const char *name, int64_t len, int required, float add, cr_err *err) {
+    *out = NULL;
+    const cr_tinfo *t = cr_ttable_find(&m->tt, name);
+    if (!t) return required ? cr_fail(err, CR_EFORMAT, "%s: missing tensor '%s'", m->path, name) : CR_OK;
+    if (t->dtype < 0 || t->dtype == CR_Q8_0) return cr_fail(err, CR_EUNSUPPORTED, "%s: vector '%s' has an unsupported dtype", m->path, name);
+    if (t->ndim != 1 || t->shape[0] != len)
+        return cr_fail(err, CR_EFORMAT, "%s: tensor '%s' has %d dims and %lld elements but the config needs %lld", m->path, name, t->ndim, (long long)t->shape[0], (long long)len);
+    float *v = cr_model_own(m, cr_malloc((size_t)len, sizeof *v));
+    if (!v) return cr_fail(err, CR_ENOMEM, "out of memory");
+    for (int64_t i = 0; i < len; i++) {
+        const unsigned char *p = t->data + i * (t->dtype == CR_F32 ? 4 : 2);
+        float f;
+        if (t->dtype == CR_F32) { uint32_t b = cr_rd32(p); memcpy(&f, &b, 4); }
+        else f = t->dtype == CR_F16 ? cr_f16_to_f32(cr_rd16(p)) : cr_bf16_to_f32(cr_rd16(p));
+        v[i] = f + add;
+    }
+    *out = v;
+    return CR_OK;
+}
+
+static int cr_model_build(cr_model *m, int hf_gemma_norm, cr_err *err) {
+    cr_config *c = &m->cfg;
+    const cr_tinfo *te = cr_ttable_find(&m->tt, "token_embd.weight");
+    if (!te) return cr_fail(err, CR_EFORMAT, "%s: missing tensor 'token_embd.weight' (token embeddings)", m->path);
+    const cr_tinfo *to = cr_ttable_find(&m->tt, "output.weight");
+    /* The unembedding's width is the vocabulary (padded columns included). */
+    if (to && to->ndim == 2) c->n_vocab = (int)(to->shape[0] > CR_MAX_VOCAB ? -1 : to->shape[0]);
+    else if (te->ndim == 2) c->n_vocab = (int)(te->shape[0] > CR_MAX_VOCAB ? -1 : te->shape[0]);
+    if (c->n_vocab <= 0) return cr_fail(err, CR_EFORMAT, "%s: vocabulary size out of range", m->path);
+    c->tied_embeddings = to == NULL;
+    int64_t d = c->d_model, f = c->d_mlp, V = c->n_vocab, H = c->n_heads, K = c->n_kv_heads, hd = c->head_dim;
+    if (c->rotary_dims > hd) return cr_fail(err, CR_EFORMAT, "%s: rotary dimension %d exceeds head size %lld", m->path, c->rotary_dims, (long long)hd);
+    int rc;
+    /* The embedding may have fewer rows than the (padded) unembedding; ids index both. */
+    if (te->ndim != 2 || te->shape[0] < 1 || te->shape[0] > V)
+        return cr_fail(err, CR_EFORMAT, "%s: token_embd.weight must be [n_vocab, %lld] with n_vocab <= %lld", m->path, (long long)d, (long long)V);
+    if ((rc = cr_get_mat(m, &m->tok_embd, "token_embd.weight", te->shape[0], d, 1, err))) return rc;
+    if (c->tied_embeddings) m->output = m->tok_embd;
+    else if ((rc = cr_get_mat(m, &m->output, "output.weight", V, d, 1, err))) return rc;
+    if (c->arch == CR_ARCH_GPT2 && (rc = cr_get_mat(m, &m->pos_embd, "position_embd.weight", c->n_ctx, d, 1, err))) return rc;
+    float norm_add = hf_gemma_norm ? 1.0f : 0.0f;
+    if ((rc = cr_get_vec(m, &m->out_norm_w, "output_norm.weight", d, 1, norm_add, err))) return rc;
+    if ((rc = cr_get_vec(m, &m->out_norm_b, "output_norm.bias", d, !c->rms_norm, 0, err))) return rc;
+    if ((rc = cr_get_vec(m, &m->b_out, "output.bias", c->n_vocab, 0, 0, err))) return rc;
+    m->layers = cr_calloc((size_t)c->n_layers, sizeof *m->layers);
+    if (!m->layers) return cr_fail(err, CR_ENOMEM, "out of memory");
+    char nm[128];
+#define CR_NAME(fmt) (snprintf(nm, sizeof nm, fmt, l), nm)
+    for (int l = 0; l < c->n_layers; l++) {
+        cr_layer *L = &m->layers[l];
+        int has_bias = !c->rms_norm;
+        if ((rc = cr_get_vec(m, &L->attn_norm_w, CR_NAME("blk.%d.attn_norm.weight"), d, 1, norm_add, err))) return rc;
+        if ((rc = cr_get_vec(m, &L->attn_norm_b, CR_NAME("blk.%d.attn_norm.bias"), d, has_bias, 0, err))) return rc;
+        if (c->arch != CR_ARCH_PHI) {
+            if ((rc = cr_get_vec(m, &L->ffn_norm_w, CR_NAME("blk.%d.ffn_norm.weight"), d, 1, norm_add, err))) return rc;
+            if ((rc = cr_get_vec(m, &L->ffn_norm_b, CR_NAME("blk.%d.ffn_norm.bias"), d, has_bias, 0, err))) return rc;
+        }
+        if (cr_ttable_find(&m->tt, CR_NAME("blk.%d.attn_qkv.weight"))) {
+            if ((rc = cr_get_mat(m, &L->wqkv, nm, (H + 2 * K) * hd, d, 1, err))) return rc;
+            if ((rc = cr_get_vec(m, &L->bqkv, CR_NAME("blk.%d.attn_qkv.bias"), (H + 2 * K) * hd, 0, 0, err))) return rc;
+        } else {
+            if ((rc = cr_get_mat(m, &L->wq, CR_NAME("blk.%d.attn_q.weight"), H * hd, d, 1, err))) return rc;
+            if ((rc = cr_get_mat(m, &L->wk, CR_NAME("blk.%d.attn_k.weight"), K * hd, d, 1, err))) return rc;
+            if ((rc = cr_get_mat(m, &L->wv, CR_NAME("blk.%d.attn_v.weight"), K * hd, d, 1, err))) return rc;
+            if ((rc = cr_get_vec(m, &L->bq, CR_NAME("blk.%d.attn_q.bias"), H * hd, 0, 0, err))) return rc;
+            if ((rc = cr_get_vec(m, &L->bk, CR_NAME("blk.%d.attn_k.bias"), K * hd, 0, 0, err))) return rc;
+            if ((rc = cr_get_vec(m, &L->bv, CR_NAME("blk.%d.attn_v.bias"), K * hd, 0, 0, err))) return rc;
+        }
+        if ((rc = cr_get_mat(m, &L->wo, CR_NAME("blk.%d.attn_output.weight"), d, H * hd, 1, err))) return rc;
+        if ((rc = cr_get_vec(m, &L->bo, CR_NAME("blk.%d.attn_output.bias"), d, 0, 0, err))) return rc;
+        if (c->gated_mlp && (rc = cr_get_mat(m, &L->w_gate, CR_NAME("blk.%d.ffn_gate.weight"), f, d, 1, err))) return rc;
+        if ((rc = cr_get_mat(m, &L->w_up, CR_NAME("blk.%d.ffn_up.weight"), f, d, 1, err))) return rc;
+        if ((rc = cr_get_mat(m, &L->w_down, CR_NAME("blk.%d.ffn_down.weight"), d, f, 1, err))) return rc;
+        if ((rc = cr_get_vec(m, &L->b_up, CR_NAME("blk.%d.ffn_up.bias"), f, 0, 0, err))) return rc;
+        if ((rc = cr_get_vec(m, &L->b_down, CR_NAME("blk.%d.ffn_down.bias"), d, 0, 0, err))) return rc;
+    }
+#undef CR_NAME
+    return CR_OK;
+}
+
+/* Tokenizer loaders live in section 6. */
+static int cr_tokenizer_from_gguf(const cr_gguf *g, cr_tokenizer **out, cr_err *err);
+
+/* Final consistency checks that no format-specific reader can skip. */
+static int cr_config_check(const cr_config *c, const char *path, cr_err *err) {
+    if (c->n_layers < 1 || c->n_layers > CR_MAX_LAYERS || c->d_model < 1 || c->n_heads < 1 || c->n_kv_heads < 1 ||
+        c->head_dim < 1 || c->d_mlp < 1 || c->n_ctx < 1 || c->n_heads % c->n_kv_heads || c->rotary_dims < 0 ||
+        c->rotary_dims > c->head_dim || c->rotary_dims % 2 || !(c->norm_eps >= 0 && c->norm_eps < 1))
+        return cr_fail(err, CR_EFORMAT, "%s: inconsistent model configuration (layers %d, d %d, heads %d/%d, head_dim %d, d_mlp %d, ctx %d)",
+                       path, c->n_layers, c->d_model, c->n_heads, c->n_kv_heads, c->head_dim, c->d_mlp, c->n_ctx);
+    if ((uint64_t)c->n_heads * (uint64_t)c->head_dim > CR_MAX_DIM) return cr_fail(err, CR_ERANGE, "%s: attention width too large", path);
+    return CR_OK;
+}
+
+static int cr_model_open_hf(cr_model *m, const char *dir, cr_err *err) {
+    char *cfg_path = cr_path_join(dir, "config.json"), *text = NULL;
+    size_t len;
+    int rc = cr_read_file(cfg_path, &text, &len, err);
+    if (!rc) rc = cr_config_from_hf(&m->cfg, cfg_path, text, len, err);
+    free(text);
+    free(cfg_path);
+    if (rc) return rc;
+    char *st = cr_path_join(dir, "model.safetensors"), *idx = cr_path_join(dir, "model.safetensors.index.json");
+    if (cr_is_file(st)) rc = cr_safetensors_load(&m->tt, st, err);
+    else if (cr_is_file(idx)) rc = cr_safetensors_load_index(&m->tt, dir, idx, err);
+    else rc = cr_fail(err, CR_EIO, "%s: no model.safetensors or model.safetensors.index.json", dir);
+    free(st);
+    free(idx);
+    if (rc) return rc;
+    m->cfg.source_format = "safetensors";
+    m->qkv_per_head = m->cfg.arch == CR_ARCH_GPT_NEOX;
+    if ((rc = cr_hf_canonicalize(m, err))) return rc;
+    return cr_model_build(m, m->cfg.arch == CR_ARCH_GEMMA, err);
+}
+
+static int cr_model_open_gguf(cr_model *m, const char *path, cr_err *err) {
+    int rc = cr_ttable_add_map(&m->tt, path, err);
+    if (rc) return rc;
+    cr_gguf g;
+    rc = cr_gguf_parse(&g, &m->tt, 0, path, err);
+    if (!rc) rc = cr_config_from_gguf(&m->cfg, &g, err);
+    if (!rc) {
+        m->cfg.source_format = "gguf";
+        rc = cr_model_build(m, 0, err);
+    }
+    if (!rc && cr_gguf_find(&g, "tokenizer.ggml.tokens")) rc = cr_tokenizer_from_gguf(&g, &m->tok, err);
+    cr_gguf_free(&g);
+    return rc;
+}
+
+static int cr_model_open_llama2c(cr_model *m, const char *path, cr_err *err) {
+    cr_l2c_header h;
+    int rc = cr_llama2c_load(&m->tt, path, &h, err);
+    if (rc) return rc;
+    cr_config *c = &m->cfg;
+    c->arch = CR_ARCH_LLAMA;
+    c->n_layers = h.n_layers, c->d_model = h.dim, c->n_heads = h.n_heads, c->n_kv_heads = h.n_kv_heads;
+    c->head_dim = h.dim / h.n_heads, c->d_mlp = h.hidden, c->n_vocab = h.vocab, c->n_ctx = h.seq_len;
+    c->rms_norm = 1, c->norm_eps = 1e-5f, c->gated_mlp = 1, c->act = 2;
+    c->rotary_dims = c->head_dim, c->rope_theta = 10000.0f, c->rope_interleaved = 1;
+    c->bos_id = 1, c->eos_id = 2;
+    c->source_format = "llama2c";
+    return cr_model_build(m, 0, err);
+}
+
+static int cr_file_is_gguf(const char *path) {
+    FILE *f = fopen(path, "rb");
+    char magic[4] = {0};
+    if (!f) return 0;
+    size_t n = fread(magic, 1, 4, f);
+    fclose(f);
+    return n == 4 && memcmp(magic, "GGUF", 4) == 0;
+}
+
+int cr_model_open(const char *path, const char *tokenizer_path, cr_model **out, cr_err *err) {
+    *out = NULL;
+    cr_model *m = calloc(1, sizeof *m);
+    if (!m) return cr_fail(err, CR_ENOMEM, "out of memory");
+    m->path = cr_strndup(path, strlen(path));
+    int rc;
+    char *tok_guess = NULL;
+    if (cr_is_dir(path)) {
+        rc = cr_model_open_hf(m, path, err);
+        if (!rc && !tokenizer_path) {
+            char *a = cr_path_join(path, "tokenizer.json"), *b = cr_path_join(path, "vocab.bpe");
+            if (cr_is_file(a) || cr_is_file(b)) tok_guess = cr_strndup(path, strlen(path));
+            free(a), free(b);
+        }
+    } else if (!cr_is_file(path)) {
+        rc = cr_fail(err, CR_EIO, "%s: no such file or directory", path);
+    } else if (cr_file_is_gguf(path) || cr_ends_with(path, ".gguf")) {
+        rc = cr_model_open_gguf(m, path, err);
+    } else {
+        rc = cr_model_open_llama2c(m, path, err);
+        if (!rc && !tokenizer_path) {
+            /* llama2.c keeps its tokenizer beside the checkpoint: tokenizer.bin or tok<vocab>.bin. */
+            char dir[4096], name[64];
+            const char *slash = strrchr(path, '/');
+            size_t dl = slash ? (size_t)(slash - path) : 0;
+            if (dl >= sizeof dir) dl = 0;
+            memcpy(dir, path, dl);
+            dir[dl] = 0;
+            if (!dl) strcpy(dir, ".");
+            snprintf(name, sizeof name, "tok%d.bin", m->cfg.n_vocab);
+            const char *cands[] = {name, "tokenizer.bin"};
+            for (int i = 0; i < 2 && !tok_guess; i++) {
+                char *p = cr_path_join(dir, cands[i]);
+                if (p && cr_is_file(p)) tok_guess = p;
+                else free(p);
+            }
+        }
+    }
+    if (!rc) rc = cr_config_check(&m->cfg, path, err);
+    const char *tp = tokenizer_path ? tokenizer_path : tok_guess;
+    if (!rc && tp) {
+        cr_tokenizer_close(m->tok);
+        m->tok = NULL;
+        rc = cr_tokenizer_open_file(tp, m->cfg.n_vocab, &m->tok, err);
+    }
+    if (!rc && m->tok && cr_tokenizer_n_vocab(m->tok) > m->cfg.n_vocab)
+        rc = cr_fail(err, CR_EFORMAT, "%s: tokenizer has %d tokens but the model only %d", tp ? tp : path, cr_tokenizer_n_vocab(m->tok), m->cfg.n_vocab);
+    if (!rc && m->tok) {
+        if (m->cfg.bos_id < 0) m->cfg.bos_id = cr_tokenizer_bos(m->tok);
+        if (m->cfg.eos_id < 0) m->cfg.eos_id = cr_tokenizer_eos(m->tok);
+    }
+    free(tok_guess);
+    if (rc) {
+        cr_model_close(m);
+        return rc;
+    }
+    *out = m;
+    return CR_OK;
+}
+
+/* ---- the forward pass ------------------------------------------------------------------------ */
+
+struct cr_session {
+    const cr_model *m;
+    int max_pos, n_threads, precise;
+    /* Activations for up to max_pos positions at once: */
+    float *x;        /* [P, d]        residual stream */
+    float *h;        /* [P, d]        normalized input of a sub-block */
+    float *h2;       /* [P, d]        second normalized input (parallel blocks) */
+    float *qkv;      /* [P, (H+2K)*hd] fused projection output */
+    float *q;        /* [P, H*hd] */
+    float *att;      /* [P, H*hd]     attention output before the output projection */
+    float *o;        /* [P, d] */
+    float *up;       /* [P, f] */
+    float *gate;     /* [P, f] */
+    float *scale;    /* [P]           final-norm scale */
+    float *probs;    /* [H, P, P] on demand, for attention capture and edits */
+    size_t probs_cap;
+    float *scores;   /* [n_threads, P] */
+    unsigned char *xq; /* [P, max_cols/32*34] quantized activations */
+    float *kc, *vc;  /* [L, P, K*hd]  key/value cache */
+    double *rope_cos, *rope_sin; /* [P, rotary_dims/2] */
+};
+
+void cr_session_close(cr_session *s) {
+    if (!s) return;
+    float *bufs[] = {s->x, s->h, s->h2, s->qkv, s->q, s->att, s->o, s->up, s->gate, s->scale, s->probs, s->scores, s->kc, s->vc};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    free(s->xq);
+    free(s->rope_cos);
+    free(s->rope_sin);
+    free(s);
+}
+
+void cr_session_set_precise(cr_session *s, int precise) { s->precise = precise; }
+
+int cr_session_open(const cr_model *m, int max_pos, int n_threads, cr_session **out, cr_err *err) {
+    const cr_config *c = &m->cfg;
+    *out = NULL;
+    if (max_pos < 1 || max_pos > c->n_ctx) return cr_fail(err, CR_EINVAL, "session length %d outside [1, %d] (the model's context)", max_pos, c->n_ctx);
+    cr_session *s = calloc(1, sizeof *s);
+    if (!s) return cr_fail(err, CR_ENOMEM, "out of memory");
+    s->m = m;
+    s->max_pos = max_pos;
+#ifdef _OPENMP
+    s->n_threads = n_threads > 0 ? n_threads : omp_get_max_threads();
+#else
+    s->n_threads = 1;
+    (void)n_threads;
+#endif
+    size_t P = (size_t)max_pos, d = (size_t)c->d_model, H = (size_t)c->n_heads, K = (size_t)c->n_kv_heads, hd = (size_t)c->head_dim;
+    size_t f = (size_t)c->d_mlp, L = (size_t)c->n_layers;
+    size_t maxc = d > f ? d : f;
+    if (H * hd > maxc) maxc = H * hd;
+    s->x = cr_malloc(P * d, 4), s->h = cr_malloc(P * d, 4), s->h2 = cr_malloc(P * d, 4);
+    s->qkv = cr_malloc(P * (H + 2 * K) * hd, 4), s->q = cr_malloc(P * H * hd, 4), s->att = cr_malloc(P * H * hd, 4);
+    s->o = cr_malloc(P * d, 4), s->up = cr_malloc(P * f, 4), s->gate = cr_malloc(P * f, 4), s->scale = cr_malloc(P, 4);
+    s->scores = cr_malloc((size_t)s->n_threads * P, 4);
+    s->xq = cr_malloc(P, (maxc + CR_QK - 1) / CR_QK * CR_Q8_BLOCK_BYTES);
+    s->kc = cr_malloc(L * P, K * hd * 4), s->vc = cr_malloc(L * P, K * hd * 4);
+    size_t nr = (size_t)(c->rotary_dims / 2);
+    s->rope_cos = cr_malloc(P * (nr ? nr : 1), 8), s->rope_sin = cr_malloc(P * (nr ? nr : 1), 8);
+    if (!s->x || !s->h || !s->h2 || !s->qkv || !s->q || !s->att || !s->o || !s->up || !s->gate || !s->scale || !s->scores ||
+        !s->xq || !s->kc || !s->vc || !s->rope_cos || !s->rope_sin) {
+        cr_session_close(s);
+        return cr_fail(err, CR_ENOMEM, "out of memory allocating a session for %d positions", max_pos);
+    }
+    /* Angles in double, as the reference implementations' float32 tables are within 1e-7 of it. */
+    for (size_t p = 0; p < P; p++)
+        for (size_t i = 0; i < nr; i++) {
+            double inv = pow((double)c->rope_theta, -2.0 * (double)i / (double)c->rotary_dims);
+            double a = (double)(float)((float)p * (float)inv);
+            s->rope_cos[p * nr + i] = cos(a), s->rope_sin[p * nr + i] = sin(a);
+        }
+    *out = s;
+    return CR_OK;
+}
+
+/* Normalizes n rows of x into y; returns each row's scale (sqrt(var+eps) or rms) in scale. */
+static void cr_norm(const cr_config *c, const float *x, float *y, int n, const float *w, const float *b, float *scale) {
+    int64_t d = c->d_model;
+    for (int t = 0; t < n; t++) {
+        const float *xt = x + t * d;
+        float *yt = y + t * d;
+        double mean = 0, var = 0;
+        if (!c->rms_norm) {
+            for (int64_t i = 0; i < d; i++) mean += xt[i];
+            mean /= (double)d;
+        }
+        for (int64_t i = 0; i < d; i++) var += ((double)xt[i] - mean) * ((double)xt[i] - mean);
+        var /= (double)d;
+        float s = (float)sqrt(var + (double)c->norm_eps), inv = 1.0f / s;
+        if (scale) scale[t] = s;
+        for (int64_t i = 0; i < d; i++) yt[i] = ((float)((double)xt[i] - mean) * inv) * w[i] + (b ? b[i] : 0.0f);
+    }
+}
+
+static float cr_gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f)); }
+static float cr_gelu_tanh(float x) { return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
+static float cr_silu(float x) { return x / (1.0f + expf(-x)); }
+
+static void cr_rope(const cr_session *s, float *v, int n_heads, int pos) {
+    const cr_config *c = &s->m->cfg;
+    int nr = c->rotary_dims / 2, hd = c->head_dim;
+    const double *cs = s->rope_cos + (size_t)pos * (size_t)nr, *sn = s->rope_sin + (size_t)pos * (size_t)nr;
+    for (int h = 0; h < n_heads; h++) {
+        float *vh = v + h * hd;
+        for (int i = 0; i < nr; i++) {
+            int a = c->rope_interleaved ? 2 * i : i, b = c->rope_interleaved ? 2 * i + 1 : i + nr;
+            float x0 = vh[a], x1 = vh[b], co = (float)cs[i], si = (float)sn[i];
+            vh[a] = x0 * co - x1 * si;
+            vh[b] = x1 * co + x0 * si;
+        }
+    }
+}
+
+static void cr_quantize_rows(cr_session *s, const float *x, int n, int64_t cols) {
+    if (cols % CR_QK) return;
+    uint64_t rb = cr_row_bytes(CR_Q8_0, (uint64_t)cols);
+    for (int t = 0; t < n; t++) cr_quantize_q8_0(x + t * cols, s->xq + (uint64_t)t * rb, cols);
+}
+
+/* y = W x for n rows, quantizing x first when W is Q8_0. */
+static void cr_linear(cr_session *s, const cr_mat *w, const float *x, int n, float *y, const float *bias) {
+    const unsigned char *xq = NULL;
+    if (w->dtype == CR_Q8_0 && !s->precise) {
+        cr_quantize_rows(s, x, n, w->cols);
+        xq = s->xq;
+    }
+    cr_matmul(w, x, xq, n, y, bias, s->n_threads);
+}
+
+/* Softmax attention of n new queries (positions pos0..) over all keys up to each query. */
+static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_capture *cap) {
+    const cr_config *c = &s->m->cfg;
+    const int H = c->n_heads, K = c->n_kv_heads, hd = c->head_dim, group = H / K, n_keys = pos0 + n;
+    const size_t kvw = (size_t)K * (size_t)hd;
+    const float *kc = s->kc + (size_t)layer * (size_t)s->max_pos * kvw, *vc = s->vc + (size_t)layer * (size_t)s->max_pos * kvw;
+    const float scale = 1.0f / sqrtf((float)hd);
+    int hooked = cap && ((cap->attn && cap->attn[layer]) || cap->attn_edit);
+    float *probs = hooked ? s->probs : NULL;
+    const int win = s->m->sliding_window;
+#pragma omp parallel for num_threads(s->n_threads) schedule(static) collapse(2)
+    for (int h = 0; h < H; h++)
+        for (int t = 0; t < n; t++) {
+#ifdef _OPENMP
+            float *sc = probs ? probs + ((size_t)h * (size_t)n + (size_t)t) * (size_t)n_keys : s->scores + (size_t)omp_get_thread_num() * (size_t)s->max_pos;
+#else
+            float *sc = probs ? probs + ((size_t)h * (size_t)n + (size_t)t) * (size_t)n_keys : s->scores;
+#endif
+            const float *qh = s->q + (size_t)t * (size_t)H * (size_t)hd + (size_t)h * (size_t)hd;
+            int last = pos0 + t, first = win > 0 && last - win + 1 > 0 ? last - win + 1 : 0;
+            float mx = -INFINITY;
+            for (int j = 0; j < n_keys; j++) {
+                if (j < first || j > last) { sc[j] = -INFINITY; continue; }
+                sc[j] = cr_dot_f32(qh, kc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd, hd) * scale;
+                if (sc[j] > mx) mx = sc[j];
+            }
+            double sum = 0;
+            for (int j = 0; j < n_keys; j++) {
+                float e = j < first || j > last ? 0.0f : expf(sc[j] - mx);
+                sc[j] = e;
+                sum += e;
+            }
+            float inv = (float)(1.0 / sum);
+            for (int j = 0; j < n_keys; j++) sc[j] *= inv;
+            if (!probs) {
+                float *out = s->att + (size_t)t * (size_t)H * (size_t)hd + (size_t)h * (size_t)hd;
+                memset(out, 0, (size_t)hd * sizeof *out);
+                for (int j = first; j <= last; j++) {
+                    const float *vj = vc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd;
+                    for (int i = 0; i < hd; i++) out[i] += sc[j] * vj[i];
+                }
+            }
+        }
+    if (!probs) return;
+    if (cap->attn_edit) cap->attn_edit(cap->user, layer, pos0, n, n_keys, H, probs);
+    if (cap->attn && cap->attn[layer]) memcpy(cap->attn[layer], probs, (size_t)H * (size_t)n * (size_t)n_keys * sizeof *probs);
+#pragma omp parallel for num_threads(s->n_threads) schedule(static) collapse(2)
+    for (int h = 0; h < H; h++)
+        for (int t = 0; t < n; t++) {
+            const float *pr = probs + ((size_t)h * (size_t)n + (size_t)t) * (size_t)n_keys;
+            float *out = s->att + (size_t)t * (size_t)H * (size_t)hd + (size_t)h * (size_t)hd;
+            memset(out, 0, (size_t)hd * sizeof *out);
+            for (int j = 0; j < n_keys; j++) {
+                if (pr[j] == 0.0f) continue;
+                const float *vj = vc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd;
+                for (int i = 0; i < hd; i++) out[i] += pr[j] * vj[i];
+            }
+        }
+}
+
+static void cr_mlp(cr_session *s, const cr_layer *L, int layer, const float *in, int n, int pos0, const cr_capture *cap, float *out) {
+    const cr_config *c = &s->m->cfg;
+    const int64_t f = c->d_mlp;
+    cr_linear(s, &L->w_up, in, n, s->up, L->b_up);
+    if (c->gated_mlp) cr_linear(s, &L->w_gate, in, n, s->gate, NULL);
+    float *a = c->gated_mlp ? s->gate : s->up;
+    for (int64_t i = 0; i < (int64_t)n * f; i++) {
+        float v = a[i];
+        v = c->act == 0 ? cr_gelu_erf(v) : c->act == 1 ? cr_gelu_tanh(v) : cr_silu(v);
+        s->up[i] = c->gated_mlp ? v * s->up[i] : v;
+    }
+    if (cap && cap->mlp_edit) cap->mlp_edit(cap->user, layer, pos0, n, (int)f, s->up);
+    if (cap && cap->mlp_post && cap->mlp_post[layer]) memcpy(cap->mlp_post[layer], s->up, (size_t)n * (size_t)f * sizeof(float));
+    cr_linear(s, &L->w_down, s->up, n, out, L->b_down);
+}
+
+int cr_forward(cr_session *s, const int32_t *ids, int n, int pos0, const cr_capture *cap, cr_err *err) {
+    const cr_model *m = s->m;
+    const cr_config *c = &m->cfg;
+    const int64_t d = c->d_model, H = c->n_heads, K = c->n_kv_heads, hd = c->head_dim;
+    if (n < 1 || pos0 < 0 || pos0 > s->max_pos - n)
+        return cr_fail(err, CR_ERANGE, "sequence of %d positions from %d does not fit the context of %d", n, pos0, s->max_pos);
+    for (int t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= m->tok_embd.rows)
+            return cr_fail(err, CR_EINVAL, "token id %d at position %d is outside the vocabulary [0, %lld)", ids[t], pos0 + t, (long long)m->tok_embd.rows);
+    int hooked_attn = cap && (cap->attn || cap->attn_edit);
+    if (hooked_attn) {
+        size_t need = (size_t)H * (size_t)n * (size_t)(pos0 + n);
+        if (need > s->probs_cap) {
+            float *np = realloc(s->probs, need * sizeof *np);
+            if (!np) return cr_fail(err, CR_ENOMEM, "out of memory for attention probabilities");
+            s->probs = np, s->probs_cap = need;
+        }
+    }
+    /* Embeddings. */
+    for (int t = 0; t < n; t++) {
+        float *xt = s->x + t * d;
+        cr_mat_row(&m->tok_embd, ids[t], xt);
+        if (c->arch == CR_ARCH_GEMMA) {
+            /* Gemma scales embeddings by sqrt(d), rounded to the activation dtype (float32). */
+            float nrm = (float)sqrt((double)d);
+            for (int64_t i = 0; i < d; i++) xt[i] *= nrm;
+        }
+        if (m->pos_embd.rows) {
+            cr_mat_row(&m->pos_embd, pos0 + t, s->h);
+            for (int64_t i = 0; i < d; i++) xt[i] += s->h[i];
+        }
+    }
+    const size_t kvw = (size_t)K * (size_t)hd;
+    for (int l = 0; l < c->n_layers; l++) {
+        const cr_layer *L = &m->layers[l];
+        float *kc = s->kc + (size_t)l * (size_t)s->max_pos * kvw, *vc = s->vc + (size_t)l * (size_t)s->max_pos * kvw;
+        cr_norm(c, s->x, s->h, n, L->attn_norm_w, L->attn_norm_b, NULL);
+        if (L->wqkv.rows) {
+            cr_linear(s, &L->wqkv, s->h, n, s->qkv, L->bqkv);
+            for (int t = 0; t < n; t++) {
+                const float *row = s->qkv + (size_t)t * (size_t)(H + 2 * K) * (size_t)hd;
+                float *qt = s->q + (size_t)t * (size_t)H * (size_t)hd, *kt = kc + (size_t)(pos0 + t) * kvw, *vt = vc + (size_t)(pos0 + t) * kvw;
+                if (m->qkv_per_head) { /* GPT-NeoX: per head [q k v] (its heads are never grouped) */
+                    for (int64_t h = 0; h < H; h++) {
+                        memcpy(qt + h * hd, row + (3 * h + 0) * hd, (size_t)hd * 4);
+                        memcpy(kt + h * hd, row + (3 * h + 1) * hd, (size_t)hd * 4);
+                        memcpy(vt + h * hd, row + (3 * h + 2) * hd, (size_t)hd * 4);
+                    }
+                } else {
+                    memcpy(qt, row, (size_t)(H * hd) * 4);
+                    memcpy(kt, row + H * hd, kvw * 4);
+                    memcpy(vt, row + H * hd + (int64_t)kvw, kvw * 4);
+                }
+            }
+        } else {
+            cr_linear(s, &L->wq, s->h, n, s->q, L->bq);
+            /* k and v land in the cache rows of these positions. */
+            cr_linear(s, &L->wk, s->h, n, kc + (size_t)pos0 * kvw, L->bk);
+            cr_linear(s, &L->wv, s->h, n, vc + (size_t)pos0 * kvw, L->bv);
+        }
+        if (c->rotary_dims)
+            for (int t = 0; t < n; t++) {
+                cr_rope(s, s->q + (size_t)t * (size_t)H * (size_t)hd, (int)H, pos0 + t);
+                cr_rope(s, kc + (size_t)(pos0 + t) * kvw, (int)K, pos0 + t);
+            }
+        cr_attention(s, l, pos0, n, cap);
+        cr_linear(s, &L->wo, s->att, n, s->o, L->bo);
+        if (c->parallel_block) {
+            const float *mlp_in = s->h;
+            if (L->ffn_norm_w) {
+                cr_norm(c, s->x, s->h2, n, L->ffn_norm_w, L->ffn_norm_b, NULL);
+                mlp_in = s->h2;
+            }
+            float *mo = s->h == mlp_in ? s->h2 : s->h;
+            cr_mlp(s, L, l, mlp_in, n, pos0, cap, mo);
+            for (int64_t i = 0; i < n * d; i++) s->x[i] += s->o[i] + mo[i];
+        } else {
+            for (int64_t i = 0; i < n * d; i++) s->x[i] += s->o[i];
+            cr_norm(c, s->x, s->h, n, L->ffn_norm_w, L->ffn_norm_b, NULL);
+            cr_mlp(s, L, l, s->h, n, pos0, cap, s->o);
+            for (int64_t i = 0; i < n * d; i++) s->x[i] += s->o[i];
+        }
+    }
+    if (cap && cap->resid_final) memcpy(cap->resid_final, s->x, (size_t)n * (size_t)d * sizeof(float));
+    cr_norm(c, s->x, s->h, n, m->out_norm_w, m->out_norm_b, s->scale);
+    if (cap && cap->norm_scale) memcpy(cap->norm_scale, s->scale, (size_t)n * sizeof(float));
+    if (cap && cap->logits) cr_linear(s, &m->output, s->h, n, cap->logits, m->b_out);
+    return CR_OK;
+}
+
+void cr_logits_stats(const float *z, int n, double *lse, double *entropy) {
+    double mx = -INFINITY;
+    for (int i = 0; i < n; i++) if (z[i] > mx) mx = z[i];
+    double se = 0, sez = 0;
+    for (int i = 0; i < n; i++) {
+        double e = exp((double)z[i] - mx);
+        se += e;
+        sez += e * ((double)z[i] - mx);
+    }
+    double l = mx + log(se);
+    if (lse) *lse = l;
+    /* H = log Z - E[z] = log(se) - sez/se, in shifted coordinates. */
+    if (entropy) *entropy = log(se) - sez / se;
+}
+
+/* ============================================================================================
+ * 6. Tokenizers
+ *
+ * Byte-level BPE (GPT-2, Pythia, Llama-3, Qwen2) and SentencePiece-style BPE with byte
+ * fallback (Llama-2, Mistral, Gemma).  The core works from a cr_tokenizer_spec (arrays of
+ * token strings, scores, merges); the loaders below fill one from each file format.
+ * ============================================================================================ */
+/* ---- tokenizer core begin ---- */
+struct cr_tokenizer { int32_t n_vocab, bos, eos; };
+int cr_tokenizer_open(const cr_tokenizer_spec *spec, cr_tokenizer **out, cr_err *err) {
+    cr_tokenizer *t = calloc(1, sizeof *t);
+    if (!t) return cr_fail(err, CR_ENOMEM, "out of memory");
+    t->n_vocab = spec->n_vocab, t->bos = spec->bos_id, t->eos = spec->eos_id;
+    *out = t;
+    return CR_OK;
+}
+int cr_tokenizer_open_llama2c(const unsigned char *buf, size_t size, int32_t n_vocab, cr_tokenizer **out, cr_err *err) {
+    (void)buf, (void)size;
+    cr_tokenizer_spec sp = {0};
+    sp.n_vocab = n_vocab, sp.bos_id = 1, sp.eos_id = 2;
+    return cr_tokenizer_open(&sp, out, err);
+}
+void cr_tokenizer_close(cr_tokenizer *tok) { free(tok); }
+int cr_tokenizer_encode(const cr_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids_out, size_t *n_out, cr_err *err) {
+    (void)tok, (void)text, (void)len, (void)add_bos, (void)ids_out, (void)n_out;
+    return cr_fail(err, CR_EUNSUPPORTED, "tokenizer not yet available");
+}
+int cr_tokenizer_decode(const cr_tokenizer *tok, const int32_t *ids, size_t n, char **text_out, size_t *len_out, cr_err *err) {
+    (void)tok, (void)ids, (void)n, (void)text_out, (void)len_out;
+    return cr_fail(err, CR_EUNSUPPORTED, "tokenizer not yet available");
+}
+int cr_tokenizer_token_bytes(const cr_tokenizer *tok, int32_t id, char *buf, size_t cap, size_t *len) {
+    (void)tok, (void)id, (void)buf, (void)cap, (void)len;
+    return CR_EUNSUPPORTED;
+}
+int32_t cr_tokenizer_n_vocab(const cr_tokenizer *tok) { return tok->n_vocab; }
+int32_t cr_tokenizer_bos(const cr_tokenizer *tok) { return tok->bos; }
+int32_t cr_tokenizer_eos(const cr_tokenizer *tok) { return tok->eos; }
+static int cr_tokenizer_export(const cr_tokenizer *tok, cr_tokenizer_spec *spec) { (void)tok, (void)spec; return CR_EUNSUPPORTED; }
+/* ---- tokenizer core end ---- */
+
+int32_t cr_tokenizer_newline(const cr_tokenizer *tok) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int32_t id = -1;
+    if (cr_tokenizer_encode(tok, "\n", 1, 0, &ids, &n, NULL) == CR_OK && n == 1) id = ids[0];
+    free(ids);
+    return id;
+}
+
+/* Arrays that a loader fills and hands to cr_tokenizer_open; strings point into `pool` or a
+ * mapped file that outlives the call. */
+typedef struct cr_tokvec {
+    cr_tokenizer_spec spec;
+    const char **tokens;
+    uint32_t *lens;
+    float *scores;
+    int32_t *types;
+    const char **merges;
+    uint32_t *merge_lens;
+    char *pool;                 /* owned text for merges built from JSON pairs */
+} cr_tokvec;
+
+static void cr_tokvec_free(cr_tokvec *v) {
+    free(v->tokens), free(v->lens), free(v->scores), free(v->types), free(v->merges), free(v->merge_lens), free(v->pool);
+    memset(v, 0, sizeof *v);
+}
+
+static int cr_tokvec_alloc(cr_tokvec *v, int64_t n_vocab, int64_t n_merges, int with_scores, const char *path, cr_err *err) {
+    memset(v, 0, sizeof *v);
+    if (n_vocab < 1 || n_vocab > CR_MAX_VOCAB) return cr_fail(err, CR_EFORMAT, "%s: vocabulary size %lld out of range", path, (long long)n_vocab);
+    if (n_merges < 0 || n_merges > CR_MAX_ARRAY) return cr_fail(err, CR_EFORMAT, "%s: merge count %lld out of range", path, (long long)n_merges);
+    v->tokens = cr_calloc((size_t)n_vocab, sizeof *v->tokens);
+    v->lens = cr_calloc((size_t)n_vocab, sizeof *v->lens);
+    v->types = cr_calloc((size_t)n_vocab, sizeof *v->types);
+    v->scores = with_scores ? cr_calloc((size_t)n_vocab, sizeof *v->scores) : NULL;
+    v->merges = cr_calloc((size_t)n_merges, sizeof *v->merges);
+    v->merge_lens = cr_calloc((size_t)n_merges, sizeof *v->merge_lens);
+    if (!v->tokens || !v->lens || !v->types || (with_scores && !v->scores) || !v->merges || !v->merge_lens) {
+        cr_tokvec_free(v);
+        return cr_fail(err, CR_ENOMEM, "out of memory");
+    }
+    for (int64_t i = 0; i < n_vocab; i++) v->tokens[i] = "", v->types[i] = 1;
+    v->spec.n_vocab = (int32_t)n_vocab;
+    v->spec.n_merges = (int32_t)n_merges;
+    v->spec.tokens = v->tokens, v->spec.token_lens = v->lens, v->spec.scores = v->scores, v->spec.token_types = v->types;
+    v->spec.merges = v->merges, v->spec.merge_lens = v->merge_lens;
+    v->spec.bos_id = v->spec.eos_id = v->spec.unk_id = -1;
+    return CR_OK;
+}
+
+static int32_t cr_tokvec_find(const cr_tokvec *v, const char *s) {
+    size_t l = strlen(s);
+    for (int32_t i = 0; i < v->spec.n_vocab; i++)
+        if (v->lens[i] == l && memcmp(v->tokens[i], s, l) == 0) return i;
+    return -1;
+}
+
+/* Fills tokens from a JSON object {token: id}; every id must be in range and unique. */
+static int cr_tokvec_from_vocab_obj(cr_tokvec *v, const js_doc *d, const js_node *vocab, int64_t n_vocab, int n_merges, const char *path, cr_err *err) {
+    int rc = cr_tokvec_alloc(v, n_vocab, n_merges, 0, path, err);
+    if (rc) return rc;
+    unsigned char *seen = calloc((size_t)n_vocab, 1);
+    if (!seen) return cr_fail(err, CR_ENOMEM, "out of memory");
+    for (int32_t k = vocab->first_child; k >= 0; k = d->nodes[d->nodes[k].next].next) {
+        const js_node *kn = &d->nodes[k], *vn = &d->nodes[kn->next];
+        if (vn->type != JS_NUM || vn->num < 0 || vn->num >= (double)n_vocab || vn->num != floor(vn->num)) {
+            free(seen);
+            return cr_fail(err, CR_EFORMAT, "%s: token '%.40s' has an invalid id", path, d->arena + kn->str);
+        }
+        int32_t id = (int32_t)vn->num;
+        if (seen[id]) { free(seen); return cr_fail(err, CR_EFORMAT, "%s: token id %d appears twice", path, id); }
+        seen[id] = 1;
+        v->tokens[id] = d->arena + kn->str;
+        v->lens[id] = kn->len;
+    }
+    free(seen);
+    return CR_OK;
+}
+
+/* Largest id + 1 in a vocab object plus added tokens. */
+static int64_t cr_json_vocab_size(const js_doc *d, const js_node *vocab, const js_node *added) {
+    int64_t n = 0;
+    for (int32_t k = vocab ? vocab->first_child : -1; k >= 0; k = d->nodes[d->nodes[k].next].next) {
+        const js_node *vn = &d->nodes[d->nodes[k].next];
+        if (vn->type == JS_NUM && vn->num + 1 > (double)n && vn->num < CR_MAX_VOCAB) n = (int64_t)vn->num + 1;
+    }
+    for (int32_t k = added && added->type == JS_ARR ? added->first_child : -1; k >= 0; k = d->nodes[k].next) {
+        double id;
+        if (js_get_num(d, &d->nodes[k], "id", &id) && id + 1 > (double)n && id < CR_MAX_VOCAB) n = (int64_t)id + 1;
+    }
+    return n;
+}
+
+static int cr_tokenizer_from_json(const char *path, cr_tokenizer **out, cr_err *err) {
+    char *text;
+    size_t len;
+    int rc = cr_read_file(path, &text, &len, err);
+    if (rc) return rc;
+    js_doc d;
+    rc = js_parse(&d, text, len, path, err);
+    free(text);
+    if (rc) return rc;
+    const js_node *root = js_at(&d, 0), *model = js_get(&d, root, "model");
+    const js_node *vocab = js_get(&d, model, "vocab"), *merges = js_get(&d, model, "merges"), *added = js_get(&d, root, "added_tokens");
+    const char *type = js_str(&d, js_get(&d, model, "type"));
+    cr_tokvec v;
+    memset(&v, 0, sizeof v);
+    if (!type || strcmp(type, "BPE") != 0) { rc = cr_fail(err, CR_EUNSUPPORTED, "%s: tokenizer model type \"%s\" is not supported (BPE only)", path, type ? type : "?"); goto done; }
+    if (!vocab || vocab->type != JS_OBJ || !merges || merges->type != JS_ARR) { rc = cr_fail(err, CR_EFORMAT, "%s: model.vocab or model.merges missing", path); goto done; }
+    int64_t n_vocab = cr_json_vocab_size(&d, vocab, added);
+    if ((rc = cr_tokvec_from_vocab_obj(&v, &d, vocab, n_vocab, merges->count, path, err))) goto done;
+    /* Merges are either "a b" strings or ["a", "b"] pairs (newer files); pairs are joined. */
+    size_t pool_len = 0;
+    for (int32_t k = merges->first_child; k >= 0; k = d.nodes[k].next)
+        if (d.nodes[k].type == JS_ARR && d.nodes[k].count == 2) {
+            const js_node *a = js_at(&d, d.nodes[k].first_child), *b = js_at(&d, a->next);
+            pool_len += (size_t)a->len + b->len + 2;
+        }
+    v.pool = malloc(pool_len + 1);
+    if (!v.pool) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+    size_t pp = 0;
+    int32_t mi = 0;
+    for (int32_t k = merges->first_child; k >= 0; k = d.nodes[k].next, mi++) {
+        const js_node *mn = &d.nodes[k];
+        if (mn->type == JS_STR) {
+            v.merges[mi] = d.arena + mn->str, v.merge_lens[mi] = mn->len;
+        } else if (mn->type == JS_ARR && mn->count == 2) {
+            const js_node *a = js_at(&d, mn->first_child), *b = js_at(&d, a->next);
+            if (a->type != JS_STR || b->type != JS_STR) { rc = cr_fail(err, CR_EFORMAT, "%s: merge %d is not a pair of strings", path, mi); goto done; }
+            char *dst = v.pool + pp;
+            memcpy(dst, d.arena + a->str, a->len);
+            dst[a->len] = ' ';
+            memcpy(dst + a->len + 1, d.arena + b->str, b->len);
+            v.merges[mi] = dst, v.merge_lens[mi] = a->len + 1 + b->len;
+            pp += (size_t)a->len + b->len + 2;
+        } else {
+            rc = cr_fail(err, CR_EFORMAT, "%s: merge %d is neither \"a b\" nor [a, b]", path, mi);
+            goto done;
+        }
+    }
+    for (int32_t k = added && added->type == JS_ARR ? added->first_child : -1; k >= 0; k = d.nodes[k].next) {
+        double id;
+        const char *content = js_str(&d, js_get(&d, &d.nodes[k], "content"));
+        if (!js_get_num(&d, &d.nodes[k], "id", &id) || !content || id < 0 || id >= (double)n_vocab) continue;
+        v.tokens[(int32_t)id] = content;
+        v.lens[(int32_t)id] = (uint32_t)strlen(content);
+        v.types[(int32_t)id] = js_get_bool(&d, &d.nodes[k], "special", 0) ? 3 : 4;
+    }
+    /* SentencePiece-style files say so with byte_fallback or a "▁" normalizer/pre-tokenizer. */
+    int spm = js_get_bool(&d, model, "byte_fallback", 0);
+    const js_node *norm = js_get(&d, root, "normalizer"), *pre = js_get(&d, root, "pre_tokenizer");
+    if (!spm && js_subtree_has(&d, norm, "\xe2\x96\x81", 0)) spm = 1;
+    v.spec.kind = spm ? CR_TOK_SPM : CR_TOK_BYTE_BPE;
+    v.spec.pretok = js_subtree_has(&d, pre, "\\p{N}{1,3}", 0) ? CR_PRE_LLAMA3
+                  : js_subtree_has(&d, pre, "[^\\r\\n\\p{L}\\p{N}]?\\p{L}+", 0) ? CR_PRE_QWEN2 : CR_PRE_GPT2;
+    if (spm) {
+        /* Llama-2's normalizer prepends "▁"; files without a Prepend step do not. */
+        v.spec.add_space_prefix = 0;
+        v.spec.add_space_prefix = js_subtree_has(&d, norm, "Prepend", 1);
+        for (int32_t i = 0; i < v.spec.n_vocab; i++)
+            if (v.lens[i] == 6 && !memcmp(v.tokens[i], "<0x", 3) && v.tokens[i][5] == '>') v.types[i] = 6;
+    }
+    const char *bos_names[] = {"<s>", "<|begin_of_text|>", "<bos>", "<|endoftext|>", NULL};
+    const char *eos_names[] = {"</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>", NULL};
+    for (int i = 0; bos_names[i] && v.spec.bos_id < 0; i++) v.spec.bos_id = cr_tokvec_find(&v, bos_names[i]);
+    for (int i = 0; eos_names[i] && v.spec.eos_id < 0; i++) v.spec.eos_id = cr_tokvec_find(&v, eos_names[i]);
+    v.spec.unk_id = cr_tokvec_find(&v, "<unk>");
+    rc = cr_tokenizer_open(&v.spec, out, err);
+    if (rc) rc = cr_wrap(err, rc, path);
+done:
+    cr_tokvec_free(&v);
+    js_free(&d);
+    return rc;
+}
+
+/* GPT-2's original files: encoder.json {token: id} and vocab.bpe (a version line, then merges). */
+static int cr_tokenizer_from_gpt2_files(const char *enc_path, const char *bpe_path, cr_tokenizer **out, cr_err *err) {
+    char *enc = NULL, *bpe = NULL;
+    size_t enc_len, bpe_len;
+    int rc = cr_read_file(enc_path, &enc, &enc_len, err);
+    if (!rc) rc = cr_read_file(bpe_path, &bpe, &bpe_len, err);
+    if (rc) { free(enc); return rc; }
+    js_doc d;
+    cr_tokvec v;
+    memset(&v, 0, sizeof v);
+    if ((rc = js_parse(&d, enc, enc_len, enc_path, err))) { free(enc), free(bpe); return rc; }
+    const js_node *root = js_at(&d, 0);
+    if (root->type != JS_OBJ) { rc = cr_fail(err, CR_EFORMAT, "%s: not a JSON object of token ids", enc_path); goto done; }
+    if (cr_utf8_check((const unsigned char *)bpe, bpe_len) != bpe_len) { rc = cr_fail(err, CR_EFORMAT, "%s: not valid UTF-8", bpe_path); goto done; }
+    int64_t n_merges = 0;
+    for (size_t i = 0; i < bpe_len; i++) n_merges += bpe[i] == '\n';
+    if ((rc = cr_tokvec_from_vocab_obj(&v, &d, root, cr_json_vocab_size(&d, root, NULL), (int)(n_merges + 1), enc_path, err))) goto done;
+    int32_t mi = 0;
+    for (char *line = bpe, *end; line < bpe + bpe_len; line = end + 1) {
+        end = memchr(line, '\n', (size_t)(bpe + bpe_len - line));
+        if (!end) end = bpe + bpe_len;
+        size_t ll = (size_t)(end - line);
+        if (ll && line[ll - 1] == '\r') ll--;
+        if (ll == 0 || (line == bpe && line[0] == '#')) continue;
+        const char *sp = memchr(line, ' ', ll);
+        if (!sp || sp == line || sp == line + ll - 1) { rc = cr_fail(err, CR_EFORMAT, "%s: merge line %d is not \"left right\"", bpe_path, mi + 2); goto done; }
+        v.merges[mi] = line, v.merge_lens[mi] = (uint32_t)ll;
+        mi++;
+    }
+    v.spec.n_merges = mi;
+    v.spec.kind = CR_TOK_BYTE_BPE;
+    v.spec.pretok = CR_PRE_GPT2;
+    v.spec.bos_id = v.spec.eos_id = cr_tokvec_find(&v, "<|endoftext|>");
+    if (v.spec.bos_id >= 0) v.types[v.spec.bos_id] = 3;
+    rc = cr_tokenizer_open(&v.spec, out, err);
+done:
+    cr_tokvec_free(&v);
+    js_free(&d);
+    free(enc);
+    free(bpe);
+    return rc;
+}
+
+/* GGUF metadata: tokenizer.ggml.{model, pre, tokens, scores, token_type, merges, *_token_id}. */
+static int cr_tokenizer_from_gguf(const cr_gguf *g, cr_tokenizer **out, cr_err *err) {
+    char model[32] = "", pre[64] = "";
+    cr_gguf_strval(g, "tokenizer.ggml.model", model, sizeof model);
+    cr_gguf_strval(g, "tokenizer.ggml.pre", pre, sizeof pre);
+    int kind = !strcmp(model, "gpt2") ? CR_TOK_BYTE_BPE : !strcmp(model, "llama") ? CR_TOK_SPM : 0;
+    if (!kind) return cr_fail(err, CR_EUNSUPPORTED, "%s: tokenizer model \"%s\" is not supported (gpt2 or llama)", g->path, model);
+    const cr_gguf_kv *tk = cr_gguf_find(g, "tokenizer.ggml.tokens"), *sc = cr_gguf_find(g, "tokenizer.ggml.scores");
+    const cr_gguf_kv *ty = cr_gguf_find(g, "tokenizer.ggml.token_type"), *mg = cr_gguf_find(g, "tokenizer.ggml.merges");
+    if (!tk || tk->type != GG_ARR || tk->arr_type != GG_STR) return cr_fail(err, CR_EFORMAT, "%s: tokenizer.ggml.tokens is not a string array", g->path);
+    if (sc && (sc->type != GG_ARR || sc->arr_type != GG_F32 || sc->count != tk->count)) return cr_fail(err, CR_EFORMAT, "%s: tokenizer.ggml.scores does not match the tokens", g->path);
+    if (ty && (ty->type != GG_ARR || ty->arr_type != GG_I32 || ty->count != tk->count)) return cr_fail(err, CR_EFORMAT, "%s: tokenizer.ggml.token_type does not match the tokens", g->path);
+    if (mg && (mg->type != GG_ARR || mg->arr_type != GG_STR)) return cr_fail(err, CR_EFORMAT, "%s: tokenizer.ggml.merges is not a string array", g->path);
+    cr_tokvec v;
+    int rc = cr_tokvec_alloc(&v, (int64_t)tk->count, mg ? (int64_t)mg->count : 0, sc != NULL, g->path, err);
+    if (rc) return rc;
+    /* String arrays were bounds-checked while parsing, so walking them is safe. */
+    const unsigned char *p = tk->val;
+    for (uint64_t i = 0; i < tk->count; i++) {
+        uint64_t l = cr_rd64(p);
+        v.tokens[i] = (const char *)p + 8, v.lens[i] = (uint32_t)l;
+        p += 8 + l;
+    }
+    for (uint64_t i = 0; sc && i < sc->count; i++) { uint32_t b = cr_rd32(sc->val + 4 * i); memcpy(&v.scores[i], &b, 4); }
+    for (uint64_t i = 0; ty && i < ty->count; i++) v.types[i] = (int32_t)cr_rd32(ty->val + 4 * i);
+    p = mg ? mg->val : NULL;
+    for (uint64_t i = 0; mg && i < mg->count; i++) {
+        uint64_t l = cr_rd64(p);
+        v.merges[i] = (const char *)p + 8, v.merge_lens[i] = (uint32_t)l;
+        p += 8 + l;
+    }
+    v.spec.kind = kind;
+    v.spec.pretok = !strcmp(pre, "llama3") || !strcmp(pre, "llama-bpe") || !strcmp(pre, "llama-v3") ? CR_PRE_LLAMA3 : !strcmp(pre, "qwen2") ? CR_PRE_QWEN2 : CR_PRE_GPT2;
+    double x;
+    if (cr_gguf_num(g, "tokenizer.ggml.bos_token_id", &x) && x >= 0 && x < (double)tk->count) v.spec.bos_id = (int32_t)x;
+    if (cr_gguf_num(g, "tokenizer.ggml.eos_token_id", &x) && x >= 0 && x < (double)tk->count) v.spec.eos_id = (int32_t)x;
+    if (cr_gguf_num(g, "tokenizer.ggml.unknown_token_id", &x) && x >= 0 && x < (double)tk->count) v.spec.unk_id = (int32_t)x;
+    v.spec.add_space_prefix = kind == CR_TOK_SPM;
+    if (cr_gguf_num(g, "tokenizer.ggml.add_space_prefix", &x)) v.spec.add_space_prefix = x != 0;
+    rc = cr_tokenizer_open(&v.spec, out, err);
+    if (rc) rc = cr_wrap(err, rc, g->path);
+    cr_tokvec_free(&v);
+    return rc;
+}
+
+int cr_tokenizer_open_file(const char *path, int32_t n_vocab, cr_tokenizer **out, cr_err *err) {
+    *out = NULL;
+    if (cr_is_dir(path)) {
+        char *a = cr_path_join(path, "tokenizer.json"), *b = cr_path_join(path, "encoder.json"), *c = cr_path_join(path, "vocab.bpe");
+        int rc;
+        if (cr_is_file(a)) rc = cr_tokenizer_from_json(a, out, err);
+        else if (cr_is_file(b) && cr_is_file(c)) rc = cr_tokenizer_from_gpt2_files(b, c, out, err);
+        else rc = cr_fail(err, CR_EIO, "%s: no tokenizer.json or encoder.json + vocab.bpe in this directory", path);
+        free(a), free(b), free(c);
+        return rc;
+    }
+    if (cr_ends_with(path, ".json")) return cr_tokenizer_from_json(path, out, err);
+    cr_ttable tt;
+    memset(&tt, 0, sizeof tt);
+    int rc = cr_ttable_add_map(&tt, path, err);
+    if (rc) return rc;
+    if (tt.maps[0].size >= 4 && !memcmp(tt.maps[0].data, "GGUF", 4)) {
+        cr_gguf g;
+        rc = cr_gguf_parse(&g, &tt, 0, path, err);
+        if (!rc) rc = cr_tokenizer_from_gguf(&g, out, err);
+        cr_gguf_free(&g);
+    } else {
+        rc = cr_tokenizer_open_llama2c(tt.maps[0].data, tt.maps[0].size, n_vocab, out, err);
+        if (rc) rc = cr_wrap(err, rc, path);
+    }
+    cr_ttable_free(&tt);
+    return rc;
+}
+
+/* ---- writing GGUF ----------------------------------------------------------------------------
+ * Tensors are written in llama.cpp's layout for each architecture: GPT-2's Conv1D weights
+ * transposed to [out, in], GPT-NeoX's per-head fused qkv regrouped as [q | k | v], and
+ * Hugging Face Llama/Mistral q/k rows permuted so that llama.cpp's adjacent-pair RoPE
+ * reproduces the rotate-half RoPE they were trained with. */
+
+typedef struct cr_wtensor {
+    char name[96];
+    const cr_mat *mat;            /* 2-D source, or NULL */
+    const float *vec;             /* 1-D source */
+    int64_t len;                  /* vec length */
+    int perm;                     /* 0 none, 1 rope permutation, 2 NeoX qkv regrouping */
+    int dtype;                    /* output dtype */
+    uint64_t offset, nbytes;
+} cr_wtensor;
+
+/* Source row for output row r under a permutation. */
+static int64_t cr_perm_row(const cr_model *m, const cr_wtensor *t, int64_t r) {
+    const cr_config *c = &m->cfg;
+    if (t->perm == 1) { /* rotate-half -> adjacent pairs, within each head */
+        int64_t hd = c->head_dim, h = r / hd, i = r % hd;
+        return h * hd + (i % 2) * (hd / 2) + i / 2;
+    }
+    if (t->perm == 2) { /* [q|k|v] output from per-head [q k v] input */
+        int64_t hd = c->head_dim, H = c->n_heads, part = r / (H * hd), h = (r % (H * hd)) / hd, i = r % hd;
+        return (3 * h + part) * hd + i;
+    }
+    return r;
+}
+
+static int cr_wt_add(cr_wtensor *ts, int *n, int cap, const char *name, const cr_mat *mat, const float *vec, int64_t len, int perm, int dtype) {
+    if (*n >= cap || (!mat && !vec) || (mat && !mat->rows)) return 0;
+    cr_wtensor *t = &ts[(*n)++];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->mat = mat, t->vec = vec, t->len = len, t->perm = perm;
+    if (vec) t->dtype = CR_F32;
+    else if (dtype == CR_Q8_0 && mat->cols % CR_QK) t->dtype = CR_F16;
+    else t->dtype = dtype;
+    t->nbytes = vec ? (uint64_t)len * 4 : (uint64_t)mat->rows * cr_row_bytes(t->dtype, (uint64_t)mat->cols);
+    return 1;
+}
+
+static void cr_gw_tensor_data(cr_gw *w, const cr_model *m, const cr_wtensor *t, float *row, unsigned char *enc) {
+    if (t->vec) {
+        for (int64_t i = 0; i < t->len; i++) cr_gw_f32(w, t->vec[i]);
+        return;
+    }
+    const cr_mat *a = t->mat;
+    uint64_t rb = cr_row_bytes(t->dtype, (uint64_t)a->cols);
+    for (int64_t r = 0; r < a->rows; r++) {
+        int64_t src = cr_perm_row(m, t, r);
+        if (a->dtype == t->dtype && !a->trans) { /* same encoding: copy the row untouched */
+            cr_gw_bytes(w, a->data + (uint64_t)src * rb, (size_t)rb);
+            continue;
+        }
+        cr_mat_row(a, src, row);
+        if (t->dtype == CR_F32) {
+            for (int64_t i = 0; i < a->cols; i++) cr_gw_f32(w, row[i]);
+            continue;
+        }
+        if (t->dtype == CR_F16)
+            for (int64_t i = 0; i < a->cols; i++) { uint16_t h = cr_f32_to_f16(row[i]); enc[2 * i] = (unsigned char)h, enc[2 * i + 1] = (unsigned char)(h >> 8); }
+        else
+            cr_quantize_q8_0(row, enc, a->cols);
+        cr_gw_bytes(w, enc, (size_t)rb);
+    }
+}
+
+/* "%s.x" patterns name per-architecture metadata keys. */
+static void cr_arch_key(char *buf, size_t cap, const char *pat, const char *arch) {
+    if (!strncmp(pat, "%s", 2)) snprintf(buf, cap, "%s%s", arch, pat + 2);
+    else snprintf(buf, cap, "%s", pat);
+}
+
+/* Permuted bias vectors need their own storage. */
+static float *cr_perm_vec(const cr_model *m, const cr_wtensor *proto, const float *v, int64_t len) {
+    float *out = cr_malloc((size_t)len, sizeof *out);
+    if (!out) return NULL;
+    for (int64_t r = 0; r < len; r++) out[r] = v[cr_perm_row(m, proto, r)];
+    return out;
+}
+
+int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, const uint32_t *unigram_counts, int32_t n_counts, cr_err *err) {
+    const cr_config *c = &m->cfg;
+    if (dtype != CR_F32 && dtype != CR_F16 && dtype != CR_Q8_0) return cr_fail(err, CR_EINVAL, "output dtype must be F32, F16 or Q8_0");
+    const char *ga = cr_arch_gguf[c->arch];
+    int cap = 16 + 24 * c->n_layers, n = 0, rc = CR_OK;
+    cr_wtensor *ts = cr_calloc((size_t)cap, sizeof *ts);
+    float **tmp = cr_calloc((size_t)(4 * c->n_layers + 1), sizeof *tmp);
+    int n_tmp = 0;
+    float *row = cr_malloc((size_t)(c->d_model > c->d_mlp ? c->d_model : c->d_mlp) + (size_t)c->n_vocab + 64, sizeof *row);
+    unsigned char *enc = cr_malloc((size_t)(c->d_model > c->d_mlp ? c->d_model : c->d_mlp) + 64, 4);
+    if (!ts || !tmp || !row || !enc) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+    int permute = (c->arch == CR_ARCH_LLAMA || c->arch == CR_ARCH_MISTRAL) && !c->rope_interleaved;
+    char nm[96];
+    cr_wt_add(ts, &n, cap, "token_embd.weight", &m->tok_embd, NULL, 0, 0, dtype);
+    cr_wt_add(ts, &n, cap, "position_embd.weight", &m->pos_embd, NULL, 0, 0, dtype);
+    cr_wt_add(ts, &n, cap, "output_norm.weight", NULL, m->out_norm_w, c->d_model, 0, dtype);
+    cr_wt_add(ts, &n, cap, "output_norm.bias", NULL, m->out_norm_b, c->d_model, 0, dtype);
+    /* llama.cpp's gpt2 loader insists on output.weight even when tied. */
+    if (!c->tied_embeddings || c->arch == CR_ARCH_GPT2) cr_wt_add(ts, &n, cap, "output.weight", &m->output, NULL, 0, 0, dtype);
+    cr_wt_add(ts, &n, cap, "output.bias", NULL, m->b_out, c->n_vocab, 0, dtype);
+    for (int l = 0; l < c->n_layers; l++) {
+        const cr_layer *L = &m->layers[l];
+        int64_t qd = (int64_t)c->n_heads * c->head_dim, kd = (int64_t)c->n_kv_heads * c->head_dim;
+#define CR_W(suffix, mat, perm) (snprintf(nm, sizeof nm, "blk.%d." suffix, l), cr_wt_add(ts, &n, cap, nm, mat, NULL, 0, perm, dtype))
+#define CR_V(suffix, vec, len) (snprintf(nm, sizeof nm, "blk.%d." suffix, l), cr_wt_add(ts, &n, cap, nm, NULL, vec, len, 0, dtype))
+        CR_V("attn_norm.weight", L->attn_norm_w, c->d_model);
+        CR_V("attn_norm.bias", L->attn_norm_b, c->d_model);
+        int qkv_perm = m->qkv_per_head ? 2 : 0;
+        if (CR_W("attn_qkv.weight", &L->wqkv, qkv_perm)) {
+            const float *b = L->bqkv;
+            if (b && qkv_perm) {
+                cr_wtensor proto = ts[n - 1];
+                b = tmp[n_tmp++] = cr_perm_vec(m, &proto, b, qd + 2 * kd);
+                if (!b) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+            }
+            CR_V("attn_qkv.bias", b, qd + 2 * kd);
+        }
+        const float *bq = L->bq, *bk = L->bk;
+        if (CR_W("attn_q.weight", &L->wq, permute) && permute && bq) {
+            bq = tmp[n_tmp++] = cr_perm_vec(m, &ts[n - 1], bq, qd);
+            if (!bq) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+        }
+        if (CR_W("attn_k.weight", &L->wk, permute) && permute && bk) {
+            bk = tmp[n_tmp++] = cr_perm_vec(m, &ts[n - 1], bk, kd);
+            if (!bk) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+        }
+        CR_W("attn_v.weight", &L->wv, 0);
+        CR_V("attn_q.bias", bq, qd);
+        CR_V("attn_k.bias", bk, kd);
+        CR_V("attn_v.bias", L->bv, kd);
+        CR_W("attn_output.weight", &L->wo, 0);
+        CR_V("attn_output.bias", L->bo, c->d_model);
+        CR_V("ffn_norm.weight", L->ffn_norm_w, c->d_model);
+        CR_V("ffn_norm.bias", L->ffn_norm_b, c->d_model);
+        CR_W("ffn_gate.weight", &L->w_gate, 0);
+        CR_W("ffn_up.weight", &L->w_up, 0);
+        CR_V("ffn_up.bias", L->b_up, c->d_mlp);
+        CR_W("ffn_down.weight", &L->w_down, 0);
+        CR_V("ffn_down.bias", L->b_down, c->d_model);
+#undef CR_W
+#undef CR_V
+    }
+    const uint64_t align = 32;
+    uint64_t off = 0;
+    for (int i = 0; i < n; i++) ts[i].offset = off, off = (off + ts[i].nbytes + align - 1) / align * align;
+
+    cr_tokenizer_spec tsp;
+    int has_tok = m->tok && cr_tokenizer_export(m->tok, &tsp) == CR_OK;
+    char key[128];
+    int n_kv = 0;
+    cr_outfile of;
+    if ((rc = cr_outfile_open(&of, path, err))) goto done;
+    cr_gw w = {of.f, 0, 0};
+    /* Header; the metadata count is patched in after the entries are written. */
+    cr_gw_bytes(&w, "GGUF", 4);
+    cr_gw_u32(&w, 3);
+    cr_gw_u64(&w, (uint64_t)n);
+    long kv_count_pos = 16;
+    cr_gw_u64(&w, 0);
+#define KEY(pat) (cr_arch_key(key, sizeof key, pat, ga), n_kv++, key)
+    cr_gw_kv_str(&w, KEY("general.architecture"), ga);
+    cr_gw_kv_str(&w, KEY("general.name"), "confreg export");
+    cr_gw_kv_u32(&w, KEY("general.file_type"), dtype == CR_F32 ? 0u : dtype == CR_F16 ? 1u : 7u);
+    cr_gw_kv_u32(&w, KEY("%s.context_length"), (uint32_t)c->n_ctx);
+    cr_gw_kv_u32(&w, KEY("%s.embedding_length"), (uint32_t)c->d_model);
+    cr_gw_kv_u32(&w, KEY("%s.feed_forward_length"), (uint32_t)c->d_mlp);
+    cr_gw_kv_u32(&w, KEY("%s.block_count"), (uint32_t)c->n_layers);
+    cr_gw_kv_u32(&w, KEY("%s.attention.head_count"), (uint32_t)c->n_heads);
+    cr_gw_kv_u32(&w, KEY("%s.attention.head_count_kv"), (uint32_t)c->n_kv_heads);
+    cr_gw_kv_f32(&w, KEY(c->rms_norm ? "%s.attention.layer_norm_rms_epsilon" : "%s.attention.layer_norm_epsilon"), c->norm_eps);
+    if (c->head_dim * c->n_heads != c->d_model) {
+        cr_gw_kv_u32(&w, KEY("%s.attention.key_length"), (uint32_t)c->head_dim);
+        cr_gw_kv_u32(&w, KEY("%s.attention.value_length"), (uint32_t)c->head_dim);
+    }
+    if (c->rotary_dims) {
+        cr_gw_kv_f32(&w, KEY("%s.rope.freq_base"), c->rope_theta);
+        cr_gw_kv_u32(&w, KEY("%s.rope.dimension_count"), (uint32_t)c->rotary_dims);
+    }
+    if (c->arch == CR_ARCH_GPT_NEOX) cr_gw_kv_bool(&w, KEY("%s.use_parallel_residual"), c->parallel_block);
+    if (has_tok) {
+        int spm = tsp.kind == CR_TOK_SPM;
+        cr_gw_kv_str(&w, KEY("tokenizer.ggml.model"), spm ? "llama" : "gpt2");
+        cr_gw_kv_str(&w, KEY("tokenizer.ggml.pre"), spm ? "default" : tsp.pretok == CR_PRE_LLAMA3 ? "llama3" : tsp.pretok == CR_PRE_QWEN2 ? "qwen2" : "gpt-2");
+        cr_gw_key(&w, KEY("tokenizer.ggml.tokens"), GG_ARR);
+        cr_gw_u32(&w, GG_STR), cr_gw_u64(&w, (uint64_t)tsp.n_vocab);
+        for (int32_t i = 0; i < tsp.n_vocab; i++) cr_gw_str(&w, tsp.tokens[i], tsp.token_lens[i]);
+        if (tsp.scores) {
+            cr_gw_key(&w, KEY("tokenizer.ggml.scores"), GG_ARR);
+            cr_gw_u32(&w, GG_F32), cr_gw_u64(&w, (uint64_t)tsp.n_vocab);
+            for (int32_t i = 0; i < tsp.n_vocab; i++) cr_gw_f32(&w, tsp.scores[i]);
+        }
+        if (tsp.token_types) {
+            cr_gw_key(&w, KEY("tokenizer.ggml.token_type"), GG_ARR);
+            cr_gw_u32(&w, GG_I32), cr_gw_u64(&w, (uint64_t)tsp.n_vocab);
+            for (int32_t i = 0; i < tsp.n_vocab; i++) cr_gw_u32(&w, (uint32_t)tsp.token_types[i]);
+        }
+        if (tsp.n_merges) {
+            cr_gw_key(&w, KEY("tokenizer.ggml.merges"), GG_ARR);
+            cr_gw_u32(&w, GG_STR), cr_gw_u64(&w, (uint64_t)tsp.n_merges);
+            for (int32_t i = 0; i < tsp.n_merges; i++) cr_gw_str(&w, tsp.merges[i], tsp.merge_lens[i]);
+        }
+        if (tsp.bos_id >= 0) cr_gw_kv_u32(&w, KEY("tokenizer.ggml.bos_token_id"), (uint32_t)tsp.bos_id);
+        if (tsp.eos_id >= 0) cr_gw_kv_u32(&w, KEY("tokenizer.ggml.eos_token_id"), (uint32_t)tsp.eos_id);
+        if (tsp.unk_id >= 0) cr_gw_kv_u32(&w, KEY("tokenizer.ggml.unknown_token_id"), (uint32_t)tsp.unk_id);
+        if (spm) cr_gw_kv_bool(&w, KEY("tokenizer.ggml.add_space_prefix"), tsp.add_space_prefix);
+        cr_gw_kv_bool(&w, KEY("tokenizer.ggml.add_bos_token"), spm);
+    }
+    if (unigram_counts && n_counts > 0) {
+        cr_gw_key(&w, KEY("confreg.unigram_counts"), GG_ARR);
+        cr_gw_u32(&w, GG_U32), cr_gw_u64(&w, (uint64_t)n_counts);
+        for (int32_t i = 0; i < n_counts; i++) cr_gw_u32(&w, unigram_counts[i]);
+    }
+#undef KEY
+    for (int i = 0; i < n; i++) {
+        cr_wtensor *t = &ts[i];
+        cr_gw_str(&w, t->name, strlen(t->name));
+        int nd = t->vec ? 1 : 2;
+        cr_gw_u32(&w, (uint32_t)nd);
+        if (t->vec) cr_gw_u64(&w, (uint64_t)t->len);
+        else cr_gw_u64(&w, (uint64_t)t->mat->cols), cr_gw_u64(&w, (uint64_t)t->mat->rows);
+        cr_gw_u32(&w, t->dtype == CR_F32 ? GGML_F32 : t->dtype == CR_F16 ? GGML_F16 : t->dtype == CR_BF16 ? GGML_BF16 : GGML_Q8_0);
+        cr_gw_u64(&w, t->offset);
+    }
+    cr_gw_pad(&w, align);
+    uint64_t base = w.pos;
+    for (int i = 0; i < n && !w.failed; i++) {
+        while (w.pos < base + ts[i].offset) cr_gw_pad(&w, align);
+        cr_gw_tensor_data(&w, m, &ts[i], row, enc);
+    }
+    cr_gw_pad(&w, align);
+    if (!w.failed && fseek(of.f, kv_count_pos, SEEK_SET) == 0) cr_gw_u64(&w, (uint64_t)n_kv);
+    else w.failed = 1;
+    rc = cr_outfile_close(&of, !w.failed, err);
+    if (!rc && w.failed) rc = cr_fail(err, CR_EIO, "%s: write failed", path);
+done:
+    for (int i = 0; i < n_tmp; i++) free(tmp[i]);
+    free(tmp), free(ts), free(row), free(enc);
+    return rc;
+}
+
+/* ============================================================================================
+ * 7. Analyses
+ * ============================================================================================ */
+
+/* Evaluation rows (SPEC §2): the corpus tokenized as one stream, cut into rows of ctx-1
+ * tokens, BOS prepended to each.  A last, shorter row is kept when it has at least one token. */
+typedef struct cr_rows {
+    int32_t *ids;                 /* [n_rows, ctx] BOS first; row r has len[r] valid entries */
+    int *len;                     /* [n_rows] */
+    int n_rows, ctx;
+} cr_rows;
+
+static void cr_rows_free(cr_rows *r) { free(r->ids), free(r->len); memset(r, 0, sizeof *r); }
+
+static int cr_rows_make(cr_rows *r, const int32_t *stream, size_t n, int ctx, int32_t bos, int max_rows, cr_err *err) {
+    memset(r, 0, sizeof *r);
+    if (ctx < 2) return cr_fail(err, CR_EINVAL, "context %d too short for evaluation rows", ctx);
+    if (bos < 0) return cr_fail(err, CR_EINVAL, "the model has no BOS token to start rows with");
+    size_t per = (size_t)ctx - 1, nr = (n + per - 1) / per;
+    if (max_rows > 0 && nr > (size_t)max_rows) nr = (size_t)max_rows;
+    if (nr == 0) return cr_fail(err, CR_EINVAL, "the text has no tokens to evaluate");
+    if (nr > INT32_MAX / 2) return cr_fail(err, CR_ERANGE, "too many rows");
+    r->ids = cr_malloc(nr * (size_t)ctx, sizeof *r->ids);
+    r->len = cr_malloc(nr, sizeof *r->len);
+    if (!r->ids || !r->len) { cr_rows_free(r); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    for (size_t i = 0; i < nr; i++) {
+        size_t start = i * per, take = n - start < per ? n - start : per;
+        r->ids[i * (size_t)ctx] = bos;
+        memcpy(r->ids + i * (size_t)ctx + 1, stream + start, take * sizeof *stream);
+        r->len[i] = (int)take + 1;
+    }
+    r->n_rows = (int)nr;
+    r->ctx = ctx;
+    return CR_OK;
+}
+
+typedef struct cr_eval_result {
+    double mean_loss, mean_entropy, perplexity, seconds, tokens_per_s;
+    int64_t n_predicted, n_forward;
+    int n_rows;
+} cr_eval_result;
+
+/* Loss and entropy of next-token prediction over every position of every row. */
+static int cr_eval_rows(const cr_model *m, const cr_rows *rows, int n_threads, int precise, cr_eval_result *res, cr_err *err) {
+    memset(res, 0, sizeof *res);
+    cr_session *s;
+    int rc = cr_session_open(m, rows->ctx, n_threads, &s, err);
+    if (rc) return rc;
+    cr_session_set_precise(s, precise);
+    const int V = m->cfg.n_vocab;
+    float *logits = cr_malloc((size_t)rows->ctx * (size_t)V, sizeof *logits);   /* [ctx, V] */
+    if (!logits) { cr_session_close(s); return cr_fail(err, CR_ENOMEM, "out of memory for logits"); }
+    double sum_loss = 0, sum_ent = 0, t0 = cr_now();
+    for (int r = 0; r < rows->n_rows && !rc; r++) {
+        const int32_t *ids = rows->ids + (size_t)r * (size_t)rows->ctx;
+        int n = rows->len[r];
+        cr_capture cap = {0};
+        cap.logits = logits;
+        if ((rc = cr_forward(s, ids, n, 0, &cap, err))) break;
+        res->n_forward += n;
+        for (int t = 0; t + 1 < n; t++) {
+            double lse, ent;
+            cr_logits_stats(logits + (size_t)t * (size_t)V, V, &lse, &ent);
+            sum_loss += lse - logits[(size_t)t * (size_t)V + (size_t)ids[t + 1]];
+            sum_ent += ent;
+            res->n_predicted++;
+        }
+    }
+    res->seconds = cr_now() - t0;
+    res->n_rows = rows->n_rows;
+    if (!rc && res->n_predicted) {
+        res->mean_loss = sum_loss / (double)res->n_predicted;
+        res->mean_entropy = sum_ent / (double)res->n_predicted;
+        res->perplexity = exp(res->mean_loss);
+        res->tokens_per_s = res->seconds > 0 ? (double)res->n_forward / res->seconds : 0;
+    }
+    free(logits);
+    cr_session_close(s);
+    return rc;
+}
+
+/* ============================================================================================
+ * 8. Reports
+ * ============================================================================================ */
+
+int cr_write_npy(const char *path, const float *data, int ndim, const int64_t *shape, cr_err *err) {
+    if (ndim < 1 || ndim > 2) return cr_fail(err, CR_EINVAL, "%s: .npy arrays must have 1 or 2 dimensions", path);
+    char hdr[128];
+    int hl = ndim == 1 ? snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld,), }", (long long)shape[0])
+                       : snprintf(hdr, sizeof hdr, "{'descr': '<f4', 'fortran_order': False, 'shape': (%lld, %lld), }", (long long)shape[0], (long long)shape[1]);
+    /* Magic (6) + version (2) + length (2) + header, padded with spaces to a multiple of 64. */
+    int total = (10 + hl + 1 + 63) / 64 * 64, pad = total - 10 - hl - 1;
+    cr_outfile o;
+    int rc = cr_outfile_open(&o, path, err);
+    if (rc) return rc;
+    unsigned char pre[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)((total - 10) & 0xff), (unsigned char)((total - 10) >> 8)};
+    fwrite(pre, 1, 10, o.f);
+    fwrite(hdr, 1, (size_t)hl, o.f);
+    for (int i = 0; i < pad; i++) fputc(' ', o.f);
+    fputc('\n', o.f);
+    uint64_t count = (uint64_t)shape[0] * (uint64_t)(ndim == 2 ? shape[1] : 1);
+    for (uint64_t i = 0; i < count; i++) {
+        uint32_t b;
+        memcpy(&b, &data[i], 4);
+        unsigned char le[4] = {(unsigned char)b, (unsigned char)(b >> 8), (unsigned char)(b >> 16), (unsigned char)(b >> 24)};
+        fwrite(le, 1, 4, o.f);
+    }
+    return cr_outfile_close(&o, 1, err);
+}
+
+/* ============================================================================================
+ * 9. Command-line program
+ * ============================================================================================ */
+#ifndef CONFREG_NO_MAIN
+
+#define CR_DEFAULT_MODEL "data/gpt2-tiny-q8_0.gguf"
+#define CR_DEFAULT_TEXT "data/tinystories-heldout.txt"
+
+typedef struct cli_opt {
+    const char *name;    /* "--ctx" */
+    int takes_arg;
+    const char **value;  /* set to the argument, or to "1" for flags */
+    const char *help;
+} cli_opt;
+
+typedef struct cli_cmd {
+    const char *name, *args, *summary;
+    int (*run)(int argc, char **argv);
+} cli_cmd;
+
+static int cli_error(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+static int cli_error(const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("confreg: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+    return 1;
+}
+
+static void cli_usage(const char *cmd, const char *args, const char *summary, const cli_opt *opts) {
+    printf("usage: confreg %s %s\n\n%s\n", cmd, args, summary);
+    if (opts && opts[0].name) printf("\noptions:\n");
+    for (const cli_opt *o = opts; o && o->name; o++) printf("  %-22s %s\n", o->takes_arg ? o->name : o->name, o->help);
+    printf("  %-22s %s\n", "--help", "show this help");
+}
+
+/* Returns 0 on success, 1 on error (printed), 2 when --help was asked for. */
+static int cli_parse(int argc, char **argv, const cli_opt *opts, const char **pos, int max_pos, int *n_pos) {
+    *n_pos = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) return 2;
+        if (a[0] == '-' && a[1] && !(a[1] >= '0' && a[1] <= '9')) {
+            const cli_opt *o = opts;
+            for (; o && o->name; o++)
+                if (!strcmp(o->name, a)) break;
+            if (!o || !o->name) return cli_error("unknown option %s (see --help)", a), 1;
+            if (o->takes_arg) {
+                if (i + 1 >= argc) return cli_error("option %s needs a value", a), 1;
+                *o->value = argv[++i];
+            } else {
+                *o->value = "1";
+            }
+            continue;
+        }
+        if (*n_pos >= max_pos) return cli_error("unexpected argument '%s' (see --help)", a), 1;
+        pos[(*n_pos)++] = a;
+    }
+    return 0;
+}
+
+static int cli_int(const char *s, const char *what, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || *end || end == s || v < lo || v > hi) return cli_error("%s must be an integer in [%ld, %ld], got '%s'", what, lo, hi, s), 0;
+    *out = v;
+    return 1;
+}
+
+static int cli_double(const char *s, const char *what, double lo, double hi, double *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (*end || end == s || !(v >= lo && v <= hi)) return cli_error("%s must be a number in [%g, %g], got '%s'", what, lo, hi, s), 0;
+    *out = v;
+    return 1;
+}
+
+/* "5,17,3" -> ids; each must be a non-negative integer. */
+static int cli_id_list(const char *s, int32_t **ids, size_t *n) {
+    size_t cap = 1;
+    for (const char *p = s; *p; p++) cap += *p == ',';
+    *ids = cr_malloc(cap, sizeof **ids);
+    *n = 0;
+    if (!*ids) return cli_error("out of memory"), 0;
+    const char *p = s;
+    while (*p) {
+        char *end;
+        errno = 0;
+        long v = strtol(p, &end, 10);
+        if (end == p || errno || v < 0 || v > INT32_MAX || (*end && *end != ',')) {
+            free(*ids);
+            *ids = NULL;
+            return cli_error("bad id list '%s' (expected comma-separated non-negative integers)", s), 0;
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+        p = *end ? end + 1 : end;
+    }
+    if (!*n) { free(*ids); *ids = NULL; return cli_error("empty id list"), 0; }
+    return 1;
+}
+
+static cr_model *cli_open_model(const char *path, const char *tok) {
+    cr_model *m;
+    cr_err err;
+    if (cr_model_open(path, tok, &m, &err)) return cli_error("%s", err.msg), NULL;
+    return m;
+}
+
+/* Reads a text file and tokenizes it (no BOS); names the file in every error. */
+static int cli_tokenize_file(const cr_model *m, const char *path, int32_t **ids, size_t *n) {
+    const cr_tokenizer *tok = cr_model_tokenizer(m);
+    if (!tok) return cli_error("the model has no tokenizer (give one with --tokenizer)"), 0;
+    char *text;
+    size_t len;
+    cr_err err;
+    if (cr_read_file(path, &text, &len, &err)) return cli_error("%s", err.msg), 0;
+    if (len == 0) { free(text); return cli_error("%s: empty text", path), 0; }
+    size_t bad = cr_utf8_check((const unsigned char *)text, len);
+    if (bad != len) { free(text); return cli_error("%s: invalid UTF-8 at byte %zu", path, bad), 0; }
+    int rc = cr_tokenizer_encode(tok, text, len, 0, ids, n, &err);
+    free(text);
+    if (rc) return cli_error("%s: %s", path, err.msg), 0;
+    if (*n == 0) { free(*ids); return cli_error("%s: the text has no tokens", path), 0; }
+    return 1;
+}
+
+static const char *cli_dtype_summary(const cr_model *m, char *buf, size_t cap) {
+    int counts[4];
+    cr_model_dtype_counts(m, counts);
+    buf[0] = 0;
+    for (int d = 0; d < 4; d++)
+        if (counts[d]) snprintf(buf + strlen(buf), cap - strlen(buf), "%s%s x%d", buf[0] ? ", " : "", cr_dtype_name(d), counts[d]);
+    return buf;
+}
+
+/* ---- info ---- */
+static int cmd_info(int argc, char **argv) {
+    const char *tok = NULL, *json = NULL, *pos[1];
+    int np;
+    cli_opt opts[] = {{"--tokenizer", 1, &tok, "tokenizer file or directory"}, {"--json", 0, &json, "JSON output"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 1, &np);
+    if (pr == 2) return cli_usage("info", "MODEL", "Architecture, dimensions, dtypes and memory of a model.", opts), 0;
+    if (pr) return 2;
+    cr_model *m = cli_open_model(np ? pos[0] : CR_DEFAULT_MODEL, tok);
+    if (!m) return 1;
+    const cr_config *c = cr_model_config(m);
+    char dt[128];
+    cli_dtype_summary(m, dt, sizeof dt);
+    const cr_tokenizer *tk = cr_model_tokenizer(m);
+    double mib = (double)cr_model_weight_bytes(m) / (1024.0 * 1024.0);
+    if (json) {
+        printf("{\"path\": \"%s\", \"format\": \"%s\", \"arch\": \"%s\", \"n_layers\": %d, \"d_model\": %d, \"n_heads\": %d, "
+               "\"n_kv_heads\": %d, \"head_dim\": %d, \"d_mlp\": %d, \"n_vocab\": %d, \"n_ctx\": %d, \"norm\": \"%s\", "
+               "\"norm_eps\": %g, \"rotary_dims\": %d, \"rope_theta\": %g, \"tied_embeddings\": %s, \"bos\": %d, \"eos\": %d, "
+               "\"weights_mib\": %.2f, \"dtypes\": \"%s\", \"tokenizer_vocab\": %d}\n",
+               np ? pos[0] : CR_DEFAULT_MODEL, c->source_format, cr_arch_name(c->arch), c->n_layers, c->d_model, c->n_heads,
+               c->n_kv_heads, c->head_dim, c->d_mlp, c->n_vocab, c->n_ctx, c->rms_norm ? "rmsnorm" : "layernorm",
+               (double)c->norm_eps, c->rotary_dims, (double)c->rope_theta, c->tied_embeddings ? "true" : "false", c->bos_id,
+               c->eos_id, mib, dt, tk ? cr_tokenizer_n_vocab(tk) : 0);
+    } else {
+        printf("%-16s %s\n", "path", np ? pos[0] : CR_DEFAULT_MODEL);
+        printf("%-16s %s\n", "format", c->source_format);
+        printf("%-16s %s\n", "architecture", cr_arch_name(c->arch));
+        printf("%-16s %d layers, d_model %d, d_mlp %d\n", "dimensions", c->n_layers, c->d_model, c->d_mlp);
+        printf("%-16s %d query heads, %d key/value heads, head_dim %d\n", "attention", c->n_heads, c->n_kv_heads, c->head_dim);
+        printf("%-16s %d (unembedding width), context %d\n", "vocabulary", c->n_vocab, c->n_ctx);
+        printf("%-16s %s, eps %g\n", "norm", c->rms_norm ? "RMSNorm" : "LayerNorm", (double)c->norm_eps);
+        if (c->rotary_dims)
+            printf("%-16s RoPE on %d of %d dims, theta %g, %s\n", "positions", c->rotary_dims, c->head_dim, (double)c->rope_theta,
+                   c->rope_interleaved ? "adjacent pairs" : "rotate-half");
+        else
+            printf("%-16s learned absolute embeddings\n", "positions");
+        printf("%-16s %s%s\n", "mlp", c->gated_mlp ? "gated, " : "", c->act == 0 ? "GELU" : c->act == 1 ? "GELU (tanh)" : "SiLU");
+        printf("%-16s %s\n", "block", c->parallel_block ? "parallel attention + MLP" : "sequential");
+        printf("%-16s %s\n", "embeddings", c->tied_embeddings ? "tied" : "untied");
+        printf("%-16s %s\n", "weight dtypes", dt);
+        printf("%-16s %.2f MiB mapped\n", "weights", mib);
+        printf("%-16s BOS %d, EOS %d\n", "special ids", c->bos_id, c->eos_id);
+        if (tk) printf("%-16s %d tokens\n", "tokenizer", cr_tokenizer_n_vocab(tk));
+        else printf("%-16s none\n", "tokenizer");
+    }
+    cr_model_close(m);
+    return 0;
+}
+
+/* ---- tokenize ---- */
+static void cli_json_string(FILE *f, const char *s, size_t n) {
+    fputc('"', f);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch == '"' || ch == '\\') fprintf(f, "\\%c", ch);
+        else if (ch == '\n') fputs("\\n", f);
+        else if (ch == '\t') fputs("\\t", f);
+        else if (ch == '\r') fputs("\\r", f);
+        else if (ch < 0x20 || ch == 0x7f) fprintf(f, "\\u%04x", ch);
+        else fputc(ch, f);
+    }
+    fputc('"', f);
+}
+
+static int cmd_tokenize(int argc, char **argv) {
+    const char *tokp = NULL, *text = NULL, *json = NULL, *bos = NULL, *pos[2];
+    int np;
+    cli_opt opts[] = {{"--text", 1, &text, "text to tokenize (instead of a file)"}, {"--tokenizer", 1, &tokp, "tokenizer file or directory"},
+                      {"--bos", 0, &bos, "prepend BOS"}, {"--json", 0, &json, "JSON output: ids and pieces"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 2, &np);
+    if (pr == 2) return cli_usage("tokenize", "MODEL [FILE] [--text STR]", "Token ids (and pieces) of a text.", opts), 0;
+    if (pr) return 2;
+    if (np < 1) return cli_error("tokenize needs a MODEL (see --help)"), 2;
+    if (!text && np < 2) return cli_error("tokenize needs a FILE or --text"), 2;
+    cr_model *m = cli_open_model(pos[0], tokp);
+    if (!m) return 1;
+    const cr_tokenizer *tk = cr_model_tokenizer(m);
+    int rc = 0;
+    int32_t *ids = NULL;
+    size_t n = 0;
+    cr_err err;
+    if (!tk) rc = cli_error("%s: the model has no tokenizer (give one with --tokenizer)", pos[0]);
+    else if (text) {
+        if (cr_tokenizer_encode(tk, text, strlen(text), bos != NULL, &ids, &n, &err)) rc = cli_error("--text: %s", err.msg);
+    } else if (!cli_tokenize_file(m, pos[1], &ids, &n)) {
+        rc = 1;
+    }
+    if (!rc) {
+        if (json) printf("{\"n\": %zu, \"ids\": [", n);
+        for (size_t i = 0; i < n; i++) printf(json ? "%s%d" : "%s%d", i ? (json ? ", " : " ") : "", ids[i]);
+        if (json) {
+            printf("], \"pieces\": [");
+            for (size_t i = 0; i < n; i++) {
+                char buf[256];
+                size_t len = 0;
+                cr_tokenizer_token_bytes(tk, ids[i], buf, sizeof buf, &len);
+                if (i) printf(", ");
+                cli_json_string(stdout, buf, len < sizeof buf ? len : sizeof buf);
+            }
+            printf("]}");
+        }
+        printf("\n");
+    }
+    free(ids);
+    cr_model_close(m);
+    return rc;
+}
+
+/* ---- eval ---- */
+static int cmd_eval(int argc, char **argv) {
+    const char *tokp = NULL, *ctxs = NULL, *rowss = NULL, *thr = NULL, *json = NULL, *precise = NULL, *pos[64];
+    int np;
+    cli_opt opts[] = {{"--ctx", 1, &ctxs, "row length incl. BOS (default min(256, model context))"},
+                      {"--rows", 1, &rowss, "evaluate at most N rows"},
+                      {"--threads", 1, &thr, "threads (default: all cores)"},
+                      {"--precise", 0, &precise, "keep activations in float for Q8_0 weights"},
+                      {"--tokenizer", 1, &tokp, "tokenizer file or directory"},
+                      {"--json", 0, &json, "JSON output"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 64, &np);
+    if (pr == 2) return cli_usage("eval", "[MODEL [TEXT...]]", "Mean loss, entropy and perplexity over rows of ctx-1 tokens with BOS prepended.\n"
+                                  "Defaults: " CR_DEFAULT_MODEL " and " CR_DEFAULT_TEXT ".", opts), 0;
+    if (pr) return 2;
+    const char *model_path = np ? pos[0] : CR_DEFAULT_MODEL;
+    long ctx = 0, max_rows = 0, threads = 0;
+    if (rowss && !cli_int(rowss, "--rows", 1, INT32_MAX, &max_rows)) return 2;
+    if (thr && !cli_int(thr, "--threads", 1, 1024, &threads)) return 2;
+    cr_model *m = cli_open_model(model_path, tokp);
+    if (!m) return 1;
+    const cr_config *c = cr_model_config(m);
+    ctx = c->n_ctx < 256 ? c->n_ctx : 256;
+    if (ctxs && !cli_int(ctxs, "--ctx", 2, c->n_ctx, &ctx)) { cr_model_close(m); return 2; }
+    int32_t *stream = NULL;
+    size_t n = 0;
+    int rc = 0;
+    for (int i = 1; i < (np > 1 ? np : 2) && !rc; i++) {
+        int32_t *ids;
+        size_t k;
+        if (!cli_tokenize_file(m, np > 1 ? pos[i] : CR_DEFAULT_TEXT, &ids, &k)) { rc = 1; break; }
+        int32_t *ns = realloc(stream, (n + k) * sizeof *ns);
+        if (!ns) { free(ids); rc = cli_error("out of memory"); break; }
+        stream = ns;
+        memcpy(stream + n, ids, k * sizeof *ids);
+        n += k;
+        free(ids);
+    }
+    cr_rows rows = {0};
+    cr_eval_result res;
+    cr_err err;
+    if (!rc && cr_rows_make(&rows, stream, n, (int)ctx, c->bos_id, (int)max_rows, &err)) rc = cli_error("%s", err.msg);
+    if (!rc && cr_eval_rows(m, &rows, (int)threads, precise != NULL, &res, &err)) rc = cli_error("%s", err.msg);
+    if (!rc) {
+        char dt[128];
+        cli_dtype_summary(m, dt, sizeof dt);
+        if (json)
+            printf("{\"model\": \"%s\", \"dtypes\": \"%s\", \"rows\": %d, \"ctx\": %ld, \"tokens\": %lld, \"mean_loss\": %.6f, "
+                   "\"perplexity\": %.4f, \"mean_entropy\": %.6f, \"seconds\": %.3f, \"tokens_per_s\": %.1f}\n",
+                   model_path, dt, res.n_rows, ctx, (long long)res.n_predicted, res.mean_loss, res.perplexity, res.mean_entropy,
+                   res.seconds, res.tokens_per_s);
+        else {
+            printf("%-14s %s (%s)\n", "model", model_path, dt);
+            printf("%-14s %d rows of up to %ld tokens (BOS + %ld), %lld predictions\n", "data", res.n_rows, ctx, ctx - 1, (long long)res.n_predicted);
+            printf("%-14s %.4f nats/token\n", "mean loss", res.mean_loss);
+            printf("%-14s %.3f\n", "perplexity", res.perplexity);
+            printf("%-14s %.4f nats\n", "mean entropy", res.mean_entropy);
+            printf("%-14s %.1f tokens/s (%.2f s)\n", "speed", res.tokens_per_s, res.seconds);
+        }
+    }
+    cr_rows_free(&rows);
+    free(stream);
+    cr_model_close(m);
+    return rc;
+}
+
+/* ---- generate ---- */
+/* splitmix64: a small, seedable generator with no global state. */
+static uint64_t cr_rng_next(uint64_t *st) {
+    uint64_t z = (*st += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static int32_t cr_sample(const float *z, int V, double temp, int top_k, uint64_t *rng, float *work) {
+    int32_t best = 0;
+    for (int i = 1; i < V; i++) if (z[i] > z[best]) best = i;
+    if (temp <= 0) return best;
+    /* Top-k by a threshold: the k-th largest logit (k small, so partial selection is enough). */
+    double thresh = -INFINITY;
+    if (top_k > 0 && top_k < V) {
+        memcpy(work, z, (size_t)V * sizeof *work);
+        for (int k = 0; k < top_k; k++) {
+            int arg = k;
+            for (int i = k + 1; i < V; i++) if (work[i] > work[arg]) arg = i;
+            float t = work[k]; work[k] = work[arg]; work[arg] = t;
+        }
+        thresh = work[top_k - 1];
+    }
+    double sum = 0;
+    for (int i = 0; i < V; i++) if (z[i] >= thresh) sum += exp(((double)z[i] - z[best]) / temp);
+    double u = (double)(cr_rng_next(rng) >> 11) * (1.0 / 9007199254740992.0) * sum, acc = 0;
+    for (int i = 0; i < V; i++) {
+        if (z[i] < thresh) continue;
+        acc += exp(((double)z[i] - z[best]) / temp);
+        if (acc >= u) return i;
+    }
+    return best;
+}
+
+static int cmd_generate(int argc, char **argv) {
+    const char *tokp = NULL, *prompt = NULL, *idss = NULL, *ns = NULL, *temps = NULL, *topks = NULL, *seeds = NULL, *thr = NULL;
+    const char *nobos = NULL, *json = NULL, *pos[1];
+    int np;
+    cli_opt opts[] = {{"--prompt", 1, &prompt, "prompt text"}, {"--ids", 1, &idss, "prompt as token ids (5,17,...)"},
+                      {"-n", 1, &ns, "tokens to generate (default 32)"}, {"--temp", 1, &temps, "temperature (default 0: greedy)"},
+                      {"--top-k", 1, &topks, "sample from the k most likely (default 40)"}, {"--seed", 1, &seeds, "random seed (default 1)"},
+                      {"--no-bos", 0, &nobos, "do not prepend BOS to a text prompt"}, {"--threads", 1, &thr, "threads"},
+                      {"--tokenizer", 1, &tokp, "tokenizer file or directory"}, {"--json", 0, &json, "JSON output with ids"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 1, &np);
+    if (pr == 2) return cli_usage("generate", "[MODEL] [--prompt TEXT | --ids LIST]", "Continue a prompt, greedily or by seeded sampling.", opts), 0;
+    if (pr) return 2;
+    long n_gen = 32, top_k = 40, seed = 1, threads = 0;
+    double temp = 0;
+    if ((ns && !cli_int(ns, "-n", 0, CR_MAX_CTX, &n_gen)) || (topks && !cli_int(topks, "--top-k", 0, CR_MAX_VOCAB, &top_k)) ||
+        (seeds && !cli_int(seeds, "--seed", 0, LONG_MAX, &seed)) || (temps && !cli_double(temps, "--temp", 0, 100, &temp)) ||
+        (thr && !cli_int(thr, "--threads", 1, 1024, &threads)))
+        return 2;
+    cr_model *m = cli_open_model(np ? pos[0] : CR_DEFAULT_MODEL, tokp);
+    if (!m) return 1;
+    const cr_config *c = cr_model_config(m);
+    const cr_tokenizer *tk = cr_model_tokenizer(m);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = 0;
+    cr_err err;
+    if (idss) {
+        if (!cli_id_list(idss, &ids, &n)) rc = 1;
+    } else if (!tk) {
+        rc = cli_error("the model has no tokenizer: give --ids or --tokenizer");
+    } else {
+        const char *p = prompt ? prompt : "";
+        if (cr_utf8_check((const unsigned char *)p, strlen(p)) != strlen(p)) rc = cli_error("--prompt: invalid UTF-8");
+        else if (cr_tokenizer_encode(tk, p, strlen(p), 0, &ids, &n, &err)) rc = cli_error("--prompt: %s", err.msg);
+        else if (!nobos && c->bos_id >= 0) {
+            int32_t *nb = realloc(ids, (n + 1) * sizeof *nb);
+            if (!nb) rc = cli_error("out of memory");
+            else ids = nb, memmove(ids + 1, ids, n * sizeof *ids), ids[0] = c->bos_id, n++;
+        }
+        if (!rc && n == 0) rc = cli_error("empty prompt and the model has no BOS token");
+    }
+    if (!rc && (long)n + n_gen > c->n_ctx) rc = cli_error("prompt (%zu tokens) + %ld new tokens exceeds the context of %d", n, n_gen, c->n_ctx);
+    cr_session *s = NULL;
+    float *logits = NULL, *work = NULL;
+    int32_t *out = NULL;
+    if (!rc && cr_session_open(m, (int)(n + (size_t)n_gen > 0 ? n + (size_t)n_gen : 1), (int)threads, &s, &err)) rc = cli_error("%s", err.msg);
+    if (!rc) {
+        logits = cr_malloc(n, (size_t)c->n_vocab * sizeof *logits);
+        work = cr_malloc((size_t)c->n_vocab, sizeof *work);
+        out = cr_malloc((size_t)n_gen + 1, sizeof *out);
+        if (!logits || !work || !out) rc = cli_error("out of memory");
+    }
+    uint64_t rng = (uint64_t)seed;
+    long produced = 0;
+    if (!rc && n_gen > 0) {
+        cr_capture cap = {0};
+        cap.logits = logits;
+        if (cr_forward(s, ids, (int)n, 0, &cap, &err)) rc = cli_error("%s", err.msg);
+        const float *last = logits + (n - 1) * (size_t)c->n_vocab;
+        for (long i = 0; !rc && i < n_gen; i++) {
+            int32_t next = cr_sample(last, c->n_vocab, temp, (int)top_k, &rng, work);
+            out[produced++] = next;
+            if (i + 1 == n_gen) break;
+            if (cr_forward(s, &next, 1, (int)n + (int)i, &cap, &err)) rc = cli_error("%s", err.msg);
+            last = logits;
+        }
+    }
+    if (!rc) {
+        char *text = NULL;
+        size_t tl = 0;
+        if (tk && cr_tokenizer_decode(tk, out, (size_t)produced, &text, &tl, &err)) text = NULL;
+        if (json) {
+            printf("{\"prompt_ids\": [");
+            for (size_t i = 0; i < n; i++) printf("%s%d", i ? ", " : "", ids[i]);
+            printf("], \"ids\": [");
+            for (long i = 0; i < produced; i++) printf("%s%d", i ? ", " : "", out[i]);
+            printf("], \"text\": ");
+            if (text) cli_json_string(stdout, text, tl);
+            else printf("null");
+            printf("}\n");
+        } else if (text) {
+            if (prompt) fputs(prompt, stdout);
+            fwrite(text, 1, tl, stdout);
+            printf("\n");
+        } else {
+            for (long i = 0; i < produced; i++) printf("%s%d", i ? " " : "", out[i]);
+            printf("\n");
+        }
+        free(text);
+    }
+    free(ids), free(logits), free(work), free(out);
+    cr_session_close(s);
+    cr_model_close(m);
+    return rc;
+}
+
+/* ---- convert ---- */
+static int cmd_convert(int argc, char **argv) {
+    const char *tokp = NULL, *outp = NULL, *dts = NULL, *pos[1];
+    int np;
+    cli_opt opts[] = {{"-o", 1, &outp, "output .gguf path (required)"}, {"--dtype", 1, &dts, "f32, f16 or q8_0 (default q8_0)"},
+                      {"--tokenizer", 1, &tokp, "tokenizer to embed (default: the model's own)"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 1, &np);
+    if (pr == 2) return cli_usage("convert", "MODEL -o OUT.gguf [--dtype q8_0]", "Write any loadable model as GGUF v3 (llama.cpp-compatible), tokenizer included.\n"
+                                  "Matrices whose rows are not a multiple of 32 stay F16 under q8_0.", opts), 0;
+    if (pr) return 2;
+    if (!np || !outp) return cli_error("convert needs MODEL and -o OUT.gguf"), 2;
+    int dtype = !dts || !strcmp(dts, "q8_0") || !strcmp(dts, "Q8_0") ? CR_Q8_0 : !strcmp(dts, "f16") || !strcmp(dts, "F16") ? CR_F16
+              : !strcmp(dts, "f32") || !strcmp(dts, "F32") ? CR_F32 : -1;
+    if (dtype < 0) return cli_error("--dtype must be f32, f16 or q8_0, got '%s'", dts), 2;
+    cr_model *m = cli_open_model(pos[0], tokp);
+    if (!m) return 1;
+    cr_err err;
+    int rc = 0;
+    double t0 = cr_now();
+    if (cr_model_write_gguf(m, outp, dtype, NULL, 0, &err)) rc = cli_error("%s", err.msg);
+    else {
+        struct stat st;
+        stat(outp, &st);
+        fprintf(stderr, "wrote %s (%s, %.2f MiB) in %.2f s\n", outp, cr_dtype_name(dtype), (double)st.st_size / 1048576.0, cr_now() - t0);
+    }
+    cr_model_close(m);
+    return rc;
+}
+
+/* ---- dump ---- */
+static int cmd_dump(int argc, char **argv) {
+    const char *tokp = NULL, *outd = NULL, *idss = NULL, *text = NULL, *layers = NULL, *bos = NULL, *precise = NULL, *pos[1];
+    int np;
+    cli_opt opts[] = {{"-o", 1, &outd, "output directory (created if missing)"}, {"--ids", 1, &idss, "token ids (5,17,...)"},
+                      {"--text", 1, &text, "text to tokenize"}, {"--bos", 0, &bos, "prepend BOS to --text"},
+                      {"--layers", 1, &layers, "also dump these layers' MLP activations (0,3,...)"},
+                      {"--precise", 0, &precise, "float activations for Q8_0 weights"},
+                      {"--tokenizer", 1, &tokp, "tokenizer file or directory"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 1, &np);
+    if (pr == 2) return cli_usage("dump", "MODEL (--ids LIST | --text STR) -o DIR", "Write logits.npy [n,V], resid_final.npy [n,d], ln_scale.npy [n] and\n"
+                                  "mlp_post.<layer>.npy [n,d_mlp] (final layer, and --layers) as float32 .npy files.", opts), 0;
+    if (pr) return 2;
+    if (!np || !outd || (!idss && !text)) return cli_error("dump needs MODEL, --ids or --text, and -o DIR"), 2;
+    cr_model *m = cli_open_model(pos[0], tokp);
+    if (!m) return 1;
+    const cr_config *c = cr_model_config(m);
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = 0;
+    cr_err err;
+    if (idss) {
+        if (!cli_id_list(idss, &ids, &n)) rc = 1;
+    } else if (!cr_model_tokenizer(m)) {
+        rc = cli_error("the model has no tokenizer: give --ids or --tokenizer");
+    } else if (cr_tokenizer_encode(cr_model_tokenizer(m), text, strlen(text), bos != NULL, &ids, &n, &err)) {
+        rc = cli_error("--text: %s", err.msg);
+    }
+    if (!rc && n == 0) rc = cli_error("nothing to run: no tokens");
+    if (!rc && n > (size_t)c->n_ctx) rc = cli_error("%zu tokens exceed the model's context of %d", n, c->n_ctx);
+    unsigned char *want = cr_calloc((size_t)c->n_layers, 1);
+    float **mlp = cr_calloc((size_t)c->n_layers, sizeof *mlp);
+    if (!want || !mlp) rc = cli_error("out of memory");
+    if (!rc) {
+        want[c->n_layers - 1] = 1;
+        for (const char *p = layers; p && *p && !rc;) {
+            char *end;
+            long l = strtol(p, &end, 10);
+            if (end == p || l < 0 || l >= c->n_layers || (*end && *end != ',')) rc = cli_error("--layers: bad layer list '%s' (0..%d)", layers, c->n_layers - 1);
+            else want[l] = 1, p = *end ? end + 1 : end;
+        }
+    }
+    if (!rc && mkdir(outd, 0777) != 0 && errno != EEXIST) rc = cli_error("%s: cannot create directory: %s", outd, strerror(errno));
+    cr_session *s = NULL;
+    float *logits = NULL, *resid = NULL, *scale = NULL;
+    if (!rc && cr_session_open(m, (int)n, 0, &s, &err)) rc = cli_error("%s", err.msg);
+    if (!rc) {
+        cr_session_set_precise(s, precise != NULL);
+        logits = cr_malloc(n, (size_t)c->n_vocab * 4), resid = cr_malloc(n, (size_t)c->d_model * 4), scale = cr_malloc(n, 4);
+        for (int l = 0; l < c->n_layers; l++) if (want[l] && !(mlp[l] = cr_malloc(n, (size_t)c->d_mlp * 4))) rc = 1;
+        if (rc || !logits || !resid || !scale) rc = cli_error("out of memory");
+    }
+    if (!rc) {
+        cr_capture cap = {0};
+        cap.logits = logits, cap.resid_final = resid, cap.norm_scale = scale, cap.mlp_post = mlp;
+        if (cr_forward(s, ids, (int)n, 0, &cap, &err)) rc = cli_error("%s", err.msg);
+    }
+    if (!rc) {
+        char path[4096];
+        int64_t sh[2];
+        sh[0] = (int64_t)n;
+        struct { const char *name; float *data; int64_t cols; } outs[] = {{"logits.npy", logits, c->n_vocab}, {"resid_final.npy", resid, c->d_model}, {"ln_scale.npy", scale, 0}};
+        for (size_t i = 0; i < 3 && !rc; i++) {
+            snprintf(path, sizeof path, "%s/%s", outd, outs[i].name);
+            sh[1] = outs[i].cols;
+            if (cr_write_npy(path, outs[i].data, outs[i].cols ? 2 : 1, sh, &err)) rc = cli_error("%s", err.msg);
+        }
+        for (int l = 0; l < c->n_layers && !rc; l++) {
+            if (!want[l]) continue;
+            snprintf(path, sizeof path, "%s/mlp_post.%d.npy", outd, l);
+            sh[1] = c->d_mlp;
+            if (cr_write_npy(path, mlp[l], 2, sh, &err)) rc = cli_error("%s", err.msg);
+        }
+        if (!rc) fprintf(stderr, "wrote %zu positions to %s\n", n, outd);
+    }
+    for (int l = 0; mlp && l < c->n_layers; l++) free(mlp[l]);
+    free(mlp), free(want), free(ids), free(logits), free(resid), free(scale);
+    cr_session_close(s);
+    cr_model_close(m);
+    return rc;
+}
+
+static const cli_cmd cli_cmds[] = {
+    {"info", "[MODEL]", "architecture, dimensions, dtypes, memory", cmd_info},
+    {"tokenize", "MODEL [FILE] [--text STR]", "token ids of a text", cmd_tokenize},
+    {"eval", "[MODEL [TEXT...]]", "loss, entropy, perplexity, tokens/s", cmd_eval},
+    {"generate", "[MODEL] [--prompt TEXT]", "greedy or sampled continuation", cmd_generate},
+    {"convert", "MODEL -o OUT.gguf", "write GGUF (F32, F16, Q8_0)", cmd_convert},
+    {"dump", "MODEL --ids|--text -o DIR", "logits, residuals, norm scales, activations as .npy", cmd_dump},
+    {NULL, NULL, NULL, NULL}};
+
+static void cli_main_usage(void) {
+    printf("confreg %s -- confidence-regulation neurons in language models, on a CPU\n\nusage: confreg COMMAND [ARGS] [--help]\n\ncommands:\n", CONFREG_VERSION);
+    for (const cli_cmd *c = cli_cmds; c->name; c++) printf("  %-10s %-30s %s\n", c->name, c->args, c->summary);
+    printf("\nMODEL is a Hugging Face directory, a .gguf file or a llama2.c .bin (default %s).\n", CR_DEFAULT_MODEL);
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        cli_main_usage();
+        return argc < 2 ? 2 : 0;
+    }
+    if (!strcmp(argv[1], "--version")) return printf("confreg %s (%s kernels)\n", CONFREG_VERSION, CR_KERNEL_ISA), 0;
+    for (const cli_cmd *c = cli_cmds; c->name; c++)
+        if (!strcmp(argv[1], c->name)) return c->run(argc - 2, argv + 2);
+    return cli_error("unknown command '%s' (see confreg --help)", argv[1]), 2;
+}
+#endif /* CONFREG_NO_MAIN */
