@@ -21,7 +21,7 @@ confreg: confreg.c confreg.h
 	$(CC) $(ALLFLAGS) -o $@ confreg.c -lm
 
 tests/test_confreg: tests/test_confreg.c tests/*.inc confreg.c confreg.h
-	$(CC) $(ALLFLAGS) -Wno-unused-function -o $@ tests/test_confreg.c -lm
+	$(CC) $(ALLFLAGS) -Wno-unused-function -Wno-format-truncation -o $@ tests/test_confreg.c -lm
 
 test: confreg tests/test_confreg
 	./tests/test_confreg ./confreg $(SHARED)
@@ -29,7 +29,7 @@ test: confreg tests/test_confreg
 # The whole suite under AddressSanitizer and UndefinedBehaviorSanitizer (binary and library).
 check: confreg.c confreg.h tests/test_confreg.c tests/*.inc
 	$(CC) $(WARN) $(SAN) $(ARCHFLAGS) -o confreg-san confreg.c -lm
-	$(CC) $(WARN) $(SAN) $(ARCHFLAGS) -Wno-unused-function -o tests/test_confreg-san tests/test_confreg.c -lm
+	$(CC) $(WARN) $(SAN) $(ARCHFLAGS) -Wno-unused-function -Wno-format-truncation -o tests/test_confreg-san tests/test_confreg.c -lm
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 ./tests/test_confreg-san ./confreg-san $(SHARED)
 
 # Rebuilds the embedded default model from ../shared (the result is committed in data/).

@@ -62,6 +62,13 @@
 #define CR_MAX_CTX (1 << 20)
 #define CR_MAX_SHARDS 1024
 
+/* Scalar twins of SIMD kernels are compiled in every build, for tests and `selftest`. */
+#if defined(__GNUC__)
+#define CR_UNUSED __attribute__((unused))
+#else
+#define CR_UNUSED
+#endif
+
 static int cr_fail(cr_err *e, int code, const char *fmt, ...)
 #if defined(__GNUC__)
     __attribute__((format(printf, 3, 4)))
@@ -81,7 +88,7 @@ static int cr_fail(cr_err *e, int code, const char *fmt, ...) {
 static int cr_wrap(cr_err *e, int code, const char *prefix) {
     if (e) {
         char tmp[sizeof e->msg];
-        snprintf(tmp, sizeof tmp, "%s: %s", prefix, e->msg);
+        snprintf(tmp, sizeof tmp, "%.200s: %.300s", prefix, e->msg);
         memcpy(e->msg, tmp, sizeof tmp);
     }
     return code;
@@ -818,7 +825,7 @@ static int cr_safetensors_load(cr_ttable *tt, const char *path, cr_err *err) {
             rc = cr_fail(err, CR_EFORMAT, "%s: tensor '%s' has invalid data_offsets", path, name);
             goto done;
         }
-        uint64_t ob = (uint64_t)b->num, oe = (uint64_t)e->num, want;
+        uint64_t ob = (uint64_t)b->num, oe = (uint64_t)e->num, want = 0;
         if (oe > avail) { rc = cr_fail(err, CR_EFORMAT, "%s: tensor '%s' data [%llu, %llu) runs past the end of the file (%llu data bytes)", path, name, (unsigned long long)ob, (unsigned long long)oe, (unsigned long long)avail); goto done; }
         if (!cr_mul_ok(numel, (uint64_t)elsize, &want) || want != oe - ob) {
             rc = cr_fail(err, CR_EFORMAT, "%s: tensor '%s' holds %llu bytes but its shape and dtype need %llu", path, name, (unsigned long long)(oe - ob), (unsigned long long)want);
@@ -1106,7 +1113,6 @@ static void cr_gw_f32(cr_gw *w, float f) { uint32_t b; memcpy(&b, &f, 4); cr_gw_
 static void cr_gw_str(cr_gw *w, const char *s, size_t n) { cr_gw_u64(w, n), cr_gw_bytes(w, s, n); }
 static void cr_gw_key(cr_gw *w, const char *key, int type) { cr_gw_str(w, key, strlen(key)), cr_gw_u32(w, (uint32_t)type); }
 static void cr_gw_kv_u32(cr_gw *w, const char *key, uint32_t v) { cr_gw_key(w, key, GG_U32), cr_gw_u32(w, v); }
-static void cr_gw_kv_i32(cr_gw *w, const char *key, int32_t v) { cr_gw_key(w, key, GG_I32), cr_gw_u32(w, (uint32_t)v); }
 static void cr_gw_kv_f32(cr_gw *w, const char *key, float v) { cr_gw_key(w, key, GG_F32), cr_gw_f32(w, v); }
 static void cr_gw_kv_bool(cr_gw *w, const char *key, int v) { unsigned char b = (unsigned char)(v != 0); cr_gw_key(w, key, GG_BOOL), cr_gw_bytes(w, &b, 1); }
 static void cr_gw_kv_str(cr_gw *w, const char *key, const char *v) { cr_gw_key(w, key, GG_STR), cr_gw_str(w, v, strlen(v)); }
@@ -1227,7 +1233,7 @@ static void cr_dequantize_q8_0(const unsigned char *q, float *out, int64_t n) {
 }
 
 /* ---- dot products: scalar twins ---- */
-static float cr_dot_f32_scalar(const float *a, const float *b, int64_t n) {
+CR_UNUSED static float cr_dot_f32_scalar(const float *a, const float *b, int64_t n) {
     float s[4] = {0, 0, 0, 0};
     int64_t i = 0;
     for (; i + 4 <= n; i += 4)
@@ -1236,20 +1242,20 @@ static float cr_dot_f32_scalar(const float *a, const float *b, int64_t n) {
     return (s[0] + s[1]) + (s[2] + s[3]);
 }
 
-static float cr_dot_f16_scalar(const uint16_t *w, const float *x, int64_t n) {
+CR_UNUSED static float cr_dot_f16_scalar(const uint16_t *w, const float *x, int64_t n) {
     float s = 0;
     for (int64_t i = 0; i < n; i++) s += cr_f16_to_f32(w[i]) * x[i];
     return s;
 }
 
-static float cr_dot_bf16_scalar(const uint16_t *w, const float *x, int64_t n) {
+CR_UNUSED static float cr_dot_bf16_scalar(const uint16_t *w, const float *x, int64_t n) {
     float s = 0;
     for (int64_t i = 0; i < n; i++) s += cr_bf16_to_f32(w[i]) * x[i];
     return s;
 }
 
 /* Q8_0 weights against Q8_0 activations (the default, llama.cpp's arithmetic). */
-static float cr_dot_q8_scalar(const unsigned char *w, const unsigned char *x, int64_t n) {
+CR_UNUSED static float cr_dot_q8_scalar(const unsigned char *w, const unsigned char *x, int64_t n) {
     float s = 0;
     for (int64_t b = 0; b < n / CR_QK; b++) {
         const unsigned char *wb = w + b * CR_Q8_BLOCK_BYTES, *xb = x + b * CR_Q8_BLOCK_BYTES;
@@ -1261,7 +1267,7 @@ static float cr_dot_q8_scalar(const unsigned char *w, const unsigned char *x, in
 }
 
 /* Q8_0 weights against float activations (precise mode). */
-static float cr_dot_q8f_scalar(const unsigned char *w, const float *x, int64_t n) {
+CR_UNUSED static float cr_dot_q8f_scalar(const unsigned char *w, const float *x, int64_t n) {
     float s = 0;
     for (int64_t b = 0; b < n / CR_QK; b++) {
         const unsigned char *wb = w + b * CR_Q8_BLOCK_BYTES;
@@ -1975,7 +1981,7 @@ static int cr_model_open_gguf(cr_model *m, const char *path, cr_err *err) {
 }
 
 static int cr_model_open_llama2c(cr_model *m, const char *path, cr_err *err) {
-    cr_l2c_header h;
+    cr_l2c_header h = {0};
     int rc = cr_llama2c_load(&m->tt, path, &h, err);
     if (rc) return rc;
     cr_config *c = &m->cfg;
@@ -3335,8 +3341,8 @@ static int cmd_eval(int argc, char **argv) {
     size_t n = 0;
     int rc = 0;
     for (int i = 1; i < (np > 1 ? np : 2) && !rc; i++) {
-        int32_t *ids;
-        size_t k;
+        int32_t *ids = NULL;
+        size_t k = 0;
         if (!cli_tokenize_file(m, np > 1 ? pos[i] : CR_DEFAULT_TEXT, &ids, &k)) { rc = 1; break; }
         int32_t *ns = realloc(stream, (n + k) * sizeof *ns);
         if (!ns) { free(ids); rc = cli_error("out of memory"); break; }
