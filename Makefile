@@ -34,7 +34,7 @@ check: confreg.c confreg.h tests/test_confreg.c tests/*.inc
 
 # Rebuilds the embedded default model from ../shared (the result is committed in data/).
 data: confreg
-	./confreg convert $(SHARED)/models/gpt2-tiny --tokenizer $(SHARED)/tokenizers/gpt2 --dtype q8_0 -o data/gpt2-tiny-q8_0.gguf
+	./confreg convert $(SHARED)/models/gpt2-tiny --tokenizer $(SHARED)/tokenizers/gpt2 --dtype q8_0 --tied -o data/gpt2-tiny-q8_0.gguf
 
 install: confreg
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include

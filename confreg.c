@@ -1232,6 +1232,15 @@ static void cr_dequantize_q8_0(const unsigned char *q, float *out, int64_t n) {
     }
 }
 
+/* Half-to-float inside kernels: the hardware instruction where there is one. */
+#if defined(CR_AVX2)
+#define cr_f16_fast(h) _cvtsh_ss(h)
+#elif defined(CR_NEON)
+static inline float cr_f16_fast(uint16_t h) { return vgetq_lane_f32(vcvt_f32_f16(vreinterpret_f16_u16(vdup_n_u16(h))), 0); }
+#else
+#define cr_f16_fast(h) cr_f16_to_f32(h)
+#endif
+
 /* ---- dot products: scalar twins ---- */
 CR_UNUSED static float cr_dot_f32_scalar(const float *a, const float *b, int64_t n) {
     float s[4] = {0, 0, 0, 0};
@@ -1329,7 +1338,7 @@ static float cr_dot_q8(const unsigned char *w, const unsigned char *x, int64_t n
         __m256i aw = _mm256_sign_epi8(qw, qw), sx = _mm256_sign_epi8(qx, qw);
         __m256i p16 = _mm256_maddubs_epi16(aw, sx);
         __m256i p32 = _mm256_madd_epi16(p16, ones);
-        float d = cr_f16_to_f32(cr_rd16(wb)) * cr_f16_to_f32(cr_rd16(xb));
+        float d = cr_f16_fast(cr_rd16(wb)) * cr_f16_fast(cr_rd16(xb));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p32), acc);
     }
     return cr_hsum256(acc);
@@ -1343,7 +1352,7 @@ static float cr_dot_q8f(const unsigned char *w, const float *x, int64_t n) {
             __m256 q = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(wb + 2 + 8 * k))));
             s = _mm256_fmadd_ps(q, _mm256_loadu_ps(x + b * CR_QK + 8 * k), s);
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(cr_f16_to_f32(cr_rd16(wb))), s, acc);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(cr_f16_fast(cr_rd16(wb))), s, acc);
     }
     return cr_hsum256(acc);
 }
@@ -1393,7 +1402,7 @@ static float cr_dot_q8(const unsigned char *w, const unsigned char *x, int64_t n
         c = vmlal_s8(c, vget_high_s8(w1), vget_high_s8(x1));
         int32x4_t p = vaddq_s32(vpaddlq_s16(a), vpaddlq_s16(c));
 #endif
-        float d = cr_f16_to_f32(cr_rd16(wb)) * cr_f16_to_f32(cr_rd16(xb));
+        float d = cr_f16_fast(cr_rd16(wb)) * cr_f16_fast(cr_rd16(xb));
         acc = vmlaq_n_f32(acc, vcvtq_f32_s32(p), d);
     }
     return vaddvq_f32(acc);
@@ -1879,6 +1888,12 @@ static int cr_model_build(cr_model *m, int hf_gemma_norm, cr_err *err) {
     if (to && to->ndim == 2) c->n_vocab = (int)(to->shape[0] > CR_MAX_VOCAB ? -1 : to->shape[0]);
     else if (te->ndim == 2) c->n_vocab = (int)(te->shape[0] > CR_MAX_VOCAB ? -1 : te->shape[0]);
     if (c->n_vocab <= 0) return cr_fail(err, CR_EFORMAT, "%s: vocabulary size out of range", m->path);
+    /* GGUF writers duplicate a tied unembedding for llama.cpp's gpt2 loader; identical bytes
+     * mean the model is tied after all. */
+    if (to && to->ndim == 2 && te->ndim == 2 && to->dtype == te->dtype && to->shape[0] == te->shape[0] &&
+        to->shape[1] == te->shape[1] && to->nbytes == te->nbytes && to->transposed == te->transposed &&
+        memcmp(to->data, te->data, (size_t)to->nbytes) == 0)
+        to = NULL;
     c->tied_embeddings = to == NULL;
     int64_t d = c->d_model, f = c->d_mlp, V = c->n_vocab, H = c->n_heads, K = c->n_kv_heads, hd = c->head_dim;
     if (c->rotary_dims > hd) return cr_fail(err, CR_EFORMAT, "%s: rotary dimension %d exceeds head size %lld", m->path, c->rotary_dims, (long long)hd);
@@ -2366,10 +2381,11 @@ void cr_logits_stats(const float *z, int n, double *lse, double *entropy) {
     double mx = -INFINITY;
     for (int i = 0; i < n; i++) if (z[i] > mx) mx = z[i];
     double se = 0, sez = 0;
+    const float fmx = (float)mx;
     for (int i = 0; i < n; i++) {
-        double e = exp((double)z[i] - mx);
+        float d = z[i] - fmx, e = expf(d);
         se += e;
-        sez += e * ((double)z[i] - mx);
+        sez += (double)e * d;
     }
     double l = mx + log(se);
     if (lse) *lse = l;
@@ -2384,48 +2400,1050 @@ void cr_logits_stats(const float *z, int n, double *lse, double *entropy) {
  * fallback (Llama-2, Mistral, Gemma).  The core works from a cr_tokenizer_spec (arrays of
  * token strings, scores, merges); the loaders below fill one from each file format.
  * ============================================================================================ */
-/* ---- tokenizer core begin ---- */
-struct cr_tokenizer { int32_t n_vocab, bos, eos; };
-int cr_tokenizer_open(const cr_tokenizer_spec *spec, cr_tokenizer **out, cr_err *err) {
+/* ============================================================================================
+ * 6. Tokenizers: byte-level BPE (GPT-2, Llama-3, Qwen2) and SentencePiece-style BPE (Llama-2)
+ * ============================================================================================
+ *
+ * Public interface (belongs in confreg.h):
+ *
+ *   typedef struct cr_tokenizer cr_tokenizer;
+ *   enum cr_tok_kind { CR_TOK_BYTE_BPE = 1, CR_TOK_SPM = 2 };
+ *   enum cr_pretok { CR_PRE_GPT2 = 0, CR_PRE_LLAMA3 = 1, CR_PRE_QWEN2 = 2 };
+ *   typedef struct cr_tokenizer_spec {
+ *       int kind;                    cr_tok_kind
+ *       int pretok;                  cr_pretok, byte-level BPE only
+ *       int32_t n_vocab;
+ *       const char *const *tokens;   [n_vocab] as stored: "Ġthe" (byte BPE), "▁the" "<0x0A>" (SPM)
+ *       const uint32_t *token_lens;  [n_vocab] byte lengths (tokens need not be NUL-terminated)
+ *       const float *scores;         [n_vocab] or NULL: SPM merge priority, higher merges first
+ *       const int32_t *token_types;  [n_vocab] or NULL: 1 normal, 2 unknown, 3 control,
+ *                                    4 user-defined, 5 unused, 6 byte
+ *       int32_t n_merges;
+ *       const char *const *merges;   [n_merges] "left right", rank = index, lower merges first
+ *       const uint32_t *merge_lens;  [n_merges]
+ *       int32_t bos_id, eos_id, unk_id;   -1 when absent
+ *       int add_space_prefix;        SPM: prepend "▁" to non-empty text (Llama-2 does)
+ *   } cr_tokenizer_spec;
+ *
+ *   int  cr_tokenizer_open(const cr_tokenizer_spec *spec, cr_tokenizer **out, cr_err *err);
+ *   int  cr_tokenizer_open_llama2c(const unsigned char *buf, size_t size, int32_t n_vocab,
+ *                                  cr_tokenizer **out, cr_err *err);
+ *   void cr_tokenizer_close(cr_tokenizer *tok);
+ *   int  cr_tokenizer_encode(const cr_tokenizer *tok, const char *text, size_t len, int add_bos,
+ *                            int32_t **ids_out, size_t *n_out, cr_err *err);
+ *   int  cr_tokenizer_decode(const cr_tokenizer *tok, const int32_t *ids, size_t n,
+ *                            char **text_out, size_t *len_out, cr_err *err);
+ *   int  cr_tokenizer_token_bytes(const cr_tokenizer *tok, int32_t id, char *buf, size_t cap,
+ *                                 size_t *len);
+ *   int32_t cr_tokenizer_n_vocab(const cr_tokenizer *tok);
+ *   int32_t cr_tokenizer_bos(const cr_tokenizer *tok);
+ *   int32_t cr_tokenizer_eos(const cr_tokenizer *tok);
+ *   int32_t cr_tokenizer_newline(const cr_tokenizer *tok);
+ *
+ * The encoders reproduce llama.cpp (llm_tokenizer_bpe_session / llm_tokenizer_spm_session and
+ * the hand-written pre-tokenizers of its unicode.cpp), without special-token partitioning: text
+ * that spells "<s>" or "<|endoftext|>" is encoded as ordinary text.  Where llama.cpp would look
+ * up a control, unknown, unused or byte token from plain text (it never happens with real
+ * vocabularies), these tokens are treated as absent, as SentencePiece and Hugging Face do.
+ * Merges are resolved to token ids once, at open; a merge whose halves or result are not in the
+ * vocabulary can never apply and is dropped.
+ */
+
+
+
+/* No real vocabulary comes near this; the cap keeps every per-token loop and buffer bounded. */
+#define TOK_MAX_TOKEN_LEN (1u << 20)
+/* Symbol indices and lengths are 32-bit to halve the work arrays; SPM can triple the text. */
+#define TOK_MAX_TEXT ((size_t)(UINT32_MAX / 4u))
+#define TOK_NIL UINT32_MAX
+
+enum { TOK_T_NORMAL = 1, TOK_T_UNKNOWN = 2, TOK_T_CONTROL = 3, TOK_T_USER = 4, TOK_T_UNUSED = 5,
+       TOK_T_BYTE = 6 };
+enum { TOK_A_MATCH = 1, TOK_A_NORMAL = 2 };          /* per-token attribute bits */
+enum { TOK_C_OTHER = 0, TOK_C_LETTER = 1, TOK_C_NUMBER = 2, TOK_C_SPACE = 3 };
+
+/* Generated by gen_unicode.py from Unicode 14.0.0.  Each entry starts a run of code
+ * points: (first << 2) | class, class 0 other, 1 letter, 2 number, 3 space. */
+static const uint32_t tok_uc_runs[1534] = {
+0x0, 0x27, 0x38, 0x83, 0x84, 0xc2, 0xe8, 0x105, 0x16c, 0x185, 0x1ec, 0x217, 0x218, 0x283, 0x284,
+0x2a9, 0x2ac, 0x2ca, 0x2d0, 0x2d5, 0x2d8, 0x2e6, 0x2e9, 0x2ec, 0x2f2, 0x2fc, 0x301, 0x35c, 0x361,
+0x3dc, 0x3e1, 0xb08, 0xb19, 0xb48, 0xb81, 0xb94, 0xbb1, 0xbb4, 0xbb9, 0xbbc, 0xdc1, 0xdd4, 0xdd9,
+0xde0, 0xde9, 0xdf8, 0xdfd, 0xe00, 0xe19, 0xe1c, 0xe21, 0xe2c, 0xe31, 0xe34, 0xe39, 0xe88, 0xe8d,
+0xfd8, 0xfdd, 0x1208, 0x1229, 0x14c0, 0x14c5, 0x155c, 0x1565, 0x1568, 0x1581, 0x1624, 0x1741,
+0x17ac, 0x17bd, 0x17cc, 0x1881, 0x192c, 0x1982, 0x19a8, 0x19b9, 0x19c0, 0x19c5, 0x1b50, 0x1b55,
+0x1b58, 0x1b95, 0x1b9c, 0x1bb9, 0x1bc2, 0x1be9, 0x1bf4, 0x1bfd, 0x1c00, 0x1c41, 0x1c44, 0x1c49,
+0x1cc0, 0x1d35, 0x1e98, 0x1ec5, 0x1ec8, 0x1f02, 0x1f29, 0x1fac, 0x1fd1, 0x1fd8, 0x1fe9, 0x1fec,
+0x2001, 0x2058, 0x2069, 0x206c, 0x2091, 0x2094, 0x20a1, 0x20a4, 0x2101, 0x2164, 0x2181, 0x21ac,
+0x21c1, 0x2220, 0x2225, 0x223c, 0x2281, 0x2328, 0x2411, 0x24e8, 0x24f5, 0x24f8, 0x2541, 0x2544,
+0x2561, 0x2588, 0x259a, 0x25c0, 0x25c5, 0x2604, 0x2615, 0x2634, 0x263d, 0x2644, 0x264d, 0x26a4,
+0x26a9, 0x26c4, 0x26c9, 0x26cc, 0x26d9, 0x26e8, 0x26f5, 0x26f8, 0x2739, 0x273c, 0x2771, 0x2778,
+0x277d, 0x2788, 0x279a, 0x27c1, 0x27c8, 0x27d2, 0x27e8, 0x27f1, 0x27f4, 0x2815, 0x282c, 0x283d,
+0x2844, 0x284d, 0x28a4, 0x28a9, 0x28c4, 0x28c9, 0x28d0, 0x28d5, 0x28dc, 0x28e1, 0x28e8, 0x2965,
+0x2974, 0x2979, 0x297c, 0x299a, 0x29c0, 0x29c9, 0x29d4, 0x2a15, 0x2a38, 0x2a3d, 0x2a48, 0x2a4d,
+0x2aa4, 0x2aa9, 0x2ac4, 0x2ac9, 0x2ad0, 0x2ad5, 0x2ae8, 0x2af5, 0x2af8, 0x2b41, 0x2b44, 0x2b81,
+0x2b88, 0x2b9a, 0x2bc0, 0x2be5, 0x2be8, 0x2c15, 0x2c34, 0x2c3d, 0x2c44, 0x2c4d, 0x2ca4, 0x2ca9,
+0x2cc4, 0x2cc9, 0x2cd0, 0x2cd5, 0x2ce8, 0x2cf5, 0x2cf8, 0x2d71, 0x2d78, 0x2d7d, 0x2d88, 0x2d9a,
+0x2dc0, 0x2dc5, 0x2dca, 0x2de0, 0x2e0d, 0x2e10, 0x2e15, 0x2e2c, 0x2e39, 0x2e44, 0x2e49, 0x2e58,
+0x2e65, 0x2e6c, 0x2e71, 0x2e74, 0x2e79, 0x2e80, 0x2e8d, 0x2e94, 0x2ea1, 0x2eac, 0x2eb9, 0x2ee8,
+0x2f41, 0x2f44, 0x2f9a, 0x2fcc, 0x3015, 0x3034, 0x3039, 0x3044, 0x3049, 0x30a4, 0x30a9, 0x30e8,
+0x30f5, 0x30f8, 0x3161, 0x316c, 0x3175, 0x3178, 0x3181, 0x3188, 0x319a, 0x31c0, 0x31e2, 0x31fc,
+0x3201, 0x3204, 0x3215, 0x3234, 0x3239, 0x3244, 0x3249, 0x32a4, 0x32a9, 0x32d0, 0x32d5, 0x32e8,
+0x32f5, 0x32f8, 0x3375, 0x337c, 0x3381, 0x3388, 0x339a, 0x33c0, 0x33c5, 0x33cc, 0x3411, 0x3434,
+0x3439, 0x3444, 0x3449, 0x34ec, 0x34f5, 0x34f8, 0x3539, 0x353c, 0x3551, 0x355c, 0x3562, 0x357d,
+0x3588, 0x359a, 0x35e4, 0x35e9, 0x3600, 0x3615, 0x365c, 0x3669, 0x36c8, 0x36cd, 0x36f0, 0x36f5,
+0x36f8, 0x3701, 0x371c, 0x379a, 0x37c0, 0x3805, 0x38c4, 0x38c9, 0x38d0, 0x3901, 0x391c, 0x3942,
+0x3968, 0x3a05, 0x3a0c, 0x3a11, 0x3a14, 0x3a19, 0x3a2c, 0x3a31, 0x3a90, 0x3a95, 0x3a98, 0x3a9d,
+0x3ac4, 0x3ac9, 0x3ad0, 0x3af5, 0x3af8, 0x3b01, 0x3b14, 0x3b19, 0x3b1c, 0x3b42, 0x3b68, 0x3b71,
+0x3b80, 0x3c01, 0x3c04, 0x3c82, 0x3cd0, 0x3d01, 0x3d20, 0x3d25, 0x3db4, 0x3e21, 0x3e34, 0x4001,
+0x40ac, 0x40fd, 0x4102, 0x4128, 0x4141, 0x4158, 0x4169, 0x4178, 0x4185, 0x4188, 0x4195, 0x419c,
+0x41b9, 0x41c4, 0x41d5, 0x4208, 0x4239, 0x423c, 0x4242, 0x4268, 0x4281, 0x4318, 0x431d, 0x4320,
+0x4335, 0x4338, 0x4341, 0x43ec, 0x43f1, 0x4924, 0x4929, 0x4938, 0x4941, 0x495c, 0x4961, 0x4964,
+0x4969, 0x4978, 0x4981, 0x4a24, 0x4a29, 0x4a38, 0x4a41, 0x4ac4, 0x4ac9, 0x4ad8, 0x4ae1, 0x4afc,
+0x4b01, 0x4b04, 0x4b09, 0x4b18, 0x4b21, 0x4b5c, 0x4b61, 0x4c44, 0x4c49, 0x4c58, 0x4c61, 0x4d6c,
+0x4da6, 0x4df4, 0x4e01, 0x4e40, 0x4e81, 0x4fd8, 0x4fe1, 0x4ff8, 0x5005, 0x59b4, 0x59bd, 0x5a03,
+0x5a05, 0x5a6c, 0x5a81, 0x5bac, 0x5bba, 0x5bc5, 0x5be4, 0x5c01, 0x5c48, 0x5c7d, 0x5cc8, 0x5d01,
+0x5d48, 0x5d81, 0x5db4, 0x5db9, 0x5dc4, 0x5e01, 0x5ed0, 0x5f5d, 0x5f60, 0x5f71, 0x5f74, 0x5f82,
+0x5fa8, 0x5fc2, 0x5fe8, 0x6042, 0x6068, 0x6081, 0x61e4, 0x6201, 0x6214, 0x621d, 0x62a4, 0x62a9,
+0x62ac, 0x62c1, 0x63d8, 0x6401, 0x647c, 0x651a, 0x6541, 0x65b8, 0x65c1, 0x65d4, 0x6601, 0x66b0,
+0x66c1, 0x6728, 0x6742, 0x676c, 0x6801, 0x685c, 0x6881, 0x6954, 0x6a02, 0x6a28, 0x6a42, 0x6a68,
+0x6a9d, 0x6aa0, 0x6c15, 0x6cd0, 0x6d15, 0x6d34, 0x6d42, 0x6d68, 0x6e0d, 0x6e84, 0x6eb9, 0x6ec2,
+0x6ee9, 0x6f98, 0x7001, 0x7090, 0x7102, 0x7128, 0x7135, 0x7142, 0x7169, 0x71f8, 0x7201, 0x7224,
+0x7241, 0x72ec, 0x72f5, 0x7300, 0x73a5, 0x73b4, 0x73b9, 0x73d0, 0x73d5, 0x73dc, 0x73e9, 0x73ec,
+0x7401, 0x7700, 0x7801, 0x7c58, 0x7c61, 0x7c78, 0x7c81, 0x7d18, 0x7d21, 0x7d38, 0x7d41, 0x7d60,
+0x7d65, 0x7d68, 0x7d6d, 0x7d70, 0x7d75, 0x7d78, 0x7d7d, 0x7df8, 0x7e01, 0x7ed4, 0x7ed9, 0x7ef4,
+0x7ef9, 0x7efc, 0x7f09, 0x7f14, 0x7f19, 0x7f34, 0x7f41, 0x7f50, 0x7f59, 0x7f70, 0x7f81, 0x7fb4,
+0x7fc9, 0x7fd4, 0x7fd9, 0x7ff4, 0x8003, 0x802c, 0x80a3, 0x80a8, 0x80bf, 0x80c0, 0x817f, 0x8180,
+0x81c2, 0x81c5, 0x81c8, 0x81d2, 0x81e8, 0x81fd, 0x8202, 0x8228, 0x8241, 0x8274, 0x8409, 0x840c,
+0x841d, 0x8420, 0x8429, 0x8450, 0x8455, 0x8458, 0x8465, 0x8478, 0x8491, 0x8494, 0x8499, 0x849c,
+0x84a1, 0x84a4, 0x84a9, 0x84b8, 0x84bd, 0x84e8, 0x84f1, 0x8500, 0x8515, 0x8528, 0x8539, 0x853c,
+0x8542, 0x860d, 0x8616, 0x8628, 0x9182, 0x9270, 0x93aa, 0x9400, 0x9dda, 0x9e50, 0xb001, 0xb394,
+0xb3ad, 0xb3bc, 0xb3c9, 0xb3d0, 0xb3f6, 0xb3f8, 0xb401, 0xb498, 0xb49d, 0xb4a0, 0xb4b5, 0xb4b8,
+0xb4c1, 0xb5a0, 0xb5bd, 0xb5c0, 0xb601, 0xb65c, 0xb681, 0xb69c, 0xb6a1, 0xb6bc, 0xb6c1, 0xb6dc,
+0xb6e1, 0xb6fc, 0xb701, 0xb71c, 0xb721, 0xb73c, 0xb741, 0xb75c, 0xb761, 0xb77c, 0xb8bd, 0xb8c0,
+0xc003, 0xc004, 0xc015, 0xc01e, 0xc020, 0xc086, 0xc0a8, 0xc0c5, 0xc0d8, 0xc0e2, 0xc0ed, 0xc0f4,
+0xc105, 0xc25c, 0xc275, 0xc280, 0xc285, 0xc3ec, 0xc3f1, 0xc400, 0xc415, 0xc4c0, 0xc4c5, 0xc63c,
+0xc64a, 0xc658, 0xc681, 0xc700, 0xc7c1, 0xc800, 0xc882, 0xc8a8, 0xc922, 0xc940, 0xc946, 0xc980,
+0xca02, 0xca28, 0xcac6, 0xcb00, 0xd001, 0x13700, 0x13801, 0x29234, 0x29341, 0x293f8, 0x29401,
+0x29834, 0x29841, 0x29882, 0x298a9, 0x298b0, 0x29901, 0x299bc, 0x299fd, 0x29a78, 0x29a81, 0x29b9a,
+0x29bc0, 0x29c5d, 0x29c80, 0x29c89, 0x29e24, 0x29e2d, 0x29f2c, 0x29f41, 0x29f48, 0x29f4d, 0x29f50,
+0x29f55, 0x29f68, 0x29fc9, 0x2a008, 0x2a00d, 0x2a018, 0x2a01d, 0x2a02c, 0x2a031, 0x2a08c, 0x2a0c2,
+0x2a0d8, 0x2a101, 0x2a1d0, 0x2a209, 0x2a2d0, 0x2a342, 0x2a368, 0x2a3c9, 0x2a3e0, 0x2a3ed, 0x2a3f0,
+0x2a3f5, 0x2a3fc, 0x2a402, 0x2a429, 0x2a498, 0x2a4c1, 0x2a51c, 0x2a581, 0x2a5f4, 0x2a611, 0x2a6cc,
+0x2a73d, 0x2a742, 0x2a768, 0x2a781, 0x2a794, 0x2a799, 0x2a7c2, 0x2a7e9, 0x2a7fc, 0x2a801, 0x2a8a4,
+0x2a901, 0x2a90c, 0x2a911, 0x2a930, 0x2a942, 0x2a968, 0x2a981, 0x2a9dc, 0x2a9e9, 0x2a9ec, 0x2a9f9,
+0x2aac0, 0x2aac5, 0x2aac8, 0x2aad5, 0x2aadc, 0x2aae5, 0x2aaf8, 0x2ab01, 0x2ab04, 0x2ab09, 0x2ab0c,
+0x2ab6d, 0x2ab78, 0x2ab81, 0x2abac, 0x2abc9, 0x2abd4, 0x2ac05, 0x2ac1c, 0x2ac25, 0x2ac3c, 0x2ac45,
+0x2ac5c, 0x2ac81, 0x2ac9c, 0x2aca1, 0x2acbc, 0x2acc1, 0x2ad6c, 0x2ad71, 0x2ada8, 0x2adc1, 0x2af8c,
+0x2afc2, 0x2afe8, 0x2b001, 0x35e90, 0x35ec1, 0x35f1c, 0x35f2d, 0x35ff0, 0x3e401, 0x3e9b8, 0x3e9c1,
+0x3eb68, 0x3ec01, 0x3ec1c, 0x3ec4d, 0x3ec60, 0x3ec75, 0x3ec78, 0x3ec7d, 0x3eca4, 0x3eca9, 0x3ecdc,
+0x3ece1, 0x3ecf4, 0x3ecf9, 0x3ecfc, 0x3ed01, 0x3ed08, 0x3ed0d, 0x3ed14, 0x3ed19, 0x3eec8, 0x3ef4d,
+0x3f4f8, 0x3f541, 0x3f640, 0x3f649, 0x3f720, 0x3f7c1, 0x3f7f0, 0x3f9c1, 0x3f9d4, 0x3f9d9, 0x3fbf4,
+0x3fc42, 0x3fc68, 0x3fc85, 0x3fcec, 0x3fd05, 0x3fd6c, 0x3fd99, 0x3fefc, 0x3ff09, 0x3ff20, 0x3ff29,
+0x3ff40, 0x3ff49, 0x3ff60, 0x3ff69, 0x3ff74, 0x40001, 0x40030, 0x40035, 0x4009c, 0x400a1, 0x400ec,
+0x400f1, 0x400f8, 0x400fd, 0x40138, 0x40141, 0x40178, 0x40201, 0x403ec, 0x4041e, 0x404d0, 0x40502,
+0x405e4, 0x4062a, 0x40630, 0x40a01, 0x40a74, 0x40a81, 0x40b44, 0x40b86, 0x40bf0, 0x40c01, 0x40c82,
+0x40c90, 0x40cb5, 0x40d06, 0x40d09, 0x40d2a, 0x40d2c, 0x40d41, 0x40dd8, 0x40e01, 0x40e78, 0x40e81,
+0x40f10, 0x40f21, 0x40f40, 0x40f46, 0x40f58, 0x41001, 0x41278, 0x41282, 0x412a8, 0x412c1, 0x41350,
+0x41361, 0x413f0, 0x41401, 0x414a0, 0x414c1, 0x41590, 0x415c1, 0x415ec, 0x415f1, 0x4162c, 0x41631,
+0x4164c, 0x41651, 0x41658, 0x4165d, 0x41688, 0x4168d, 0x416c8, 0x416cd, 0x416e8, 0x416ed, 0x416f4,
+0x41801, 0x41cdc, 0x41d01, 0x41d58, 0x41d81, 0x41da0, 0x41e01, 0x41e18, 0x41e1d, 0x41ec4, 0x41ec9,
+0x41eec, 0x42001, 0x42018, 0x42021, 0x42024, 0x42029, 0x420d8, 0x420dd, 0x420e4, 0x420f1, 0x420f4,
+0x420fd, 0x42158, 0x42162, 0x42181, 0x421dc, 0x421e6, 0x42201, 0x4227c, 0x4229e, 0x422c0, 0x42381,
+0x423cc, 0x423d1, 0x423d8, 0x423ee, 0x42401, 0x4245a, 0x42470, 0x42481, 0x424e8, 0x42601, 0x426e0,
+0x426f2, 0x426f9, 0x42702, 0x42740, 0x4274a, 0x42801, 0x42804, 0x42841, 0x42850, 0x42855, 0x42860,
+0x42865, 0x428d8, 0x42902, 0x42924, 0x42981, 0x429f6, 0x429fc, 0x42a01, 0x42a76, 0x42a80, 0x42b01,
+0x42b20, 0x42b25, 0x42b94, 0x42bae, 0x42bc0, 0x42c01, 0x42cd8, 0x42d01, 0x42d58, 0x42d62, 0x42d81,
+0x42dcc, 0x42de2, 0x42e01, 0x42e48, 0x42ea6, 0x42ec0, 0x43001, 0x43124, 0x43201, 0x432cc, 0x43301,
+0x433cc, 0x433ea, 0x43401, 0x43490, 0x434c2, 0x434e8, 0x43982, 0x439fc, 0x43a01, 0x43aa8, 0x43ac1,
+0x43ac8, 0x43c01, 0x43c76, 0x43c9d, 0x43ca0, 0x43cc1, 0x43d18, 0x43d46, 0x43d54, 0x43dc1, 0x43e08,
+0x43ec1, 0x43f16, 0x43f30, 0x43f81, 0x43fdc, 0x4400d, 0x440e0, 0x4414a, 0x441c0, 0x441c5, 0x441cc,
+0x441d5, 0x441d8, 0x4420d, 0x442c0, 0x44341, 0x443a4, 0x443c2, 0x443e8, 0x4440d, 0x4449c, 0x444da,
+0x44500, 0x44511, 0x44514, 0x4451d, 0x44520, 0x44541, 0x445cc, 0x445d9, 0x445dc, 0x4460d, 0x446cc,
+0x44705, 0x44714, 0x44742, 0x44769, 0x4476c, 0x44771, 0x44774, 0x44786, 0x447d4, 0x44801, 0x44848,
+0x4484d, 0x448b0, 0x44a01, 0x44a1c, 0x44a21, 0x44a24, 0x44a29, 0x44a38, 0x44a3d, 0x44a78, 0x44a7d,
+0x44aa4, 0x44ac1, 0x44b7c, 0x44bc2, 0x44be8, 0x44c15, 0x44c34, 0x44c3d, 0x44c44, 0x44c4d, 0x44ca4,
+0x44ca9, 0x44cc4, 0x44cc9, 0x44cd0, 0x44cd5, 0x44ce8, 0x44cf5, 0x44cf8, 0x44d41, 0x44d44, 0x44d75,
+0x44d88, 0x45001, 0x450d4, 0x4511d, 0x4512c, 0x45142, 0x45168, 0x4517d, 0x45188, 0x45201, 0x452c0,
+0x45311, 0x45318, 0x4531d, 0x45320, 0x45342, 0x45368, 0x45601, 0x456bc, 0x45761, 0x45770, 0x45801,
+0x458c0, 0x45911, 0x45914, 0x45942, 0x45968, 0x45a01, 0x45aac, 0x45ae1, 0x45ae4, 0x45b02, 0x45b28,
+0x45c01, 0x45c6c, 0x45cc2, 0x45cf0, 0x45d01, 0x45d1c, 0x46001, 0x460b0, 0x46281, 0x46382, 0x463cc,
+0x463fd, 0x4641c, 0x46425, 0x46428, 0x46431, 0x46450, 0x46455, 0x4645c, 0x46461, 0x464c0, 0x464fd,
+0x46500, 0x46505, 0x46508, 0x46542, 0x46568, 0x46681, 0x466a0, 0x466a9, 0x46744, 0x46785, 0x46788,
+0x4678d, 0x46790, 0x46801, 0x46804, 0x4682d, 0x468cc, 0x468e9, 0x468ec, 0x46941, 0x46944, 0x46971,
+0x46a28, 0x46a75, 0x46a78, 0x46ac1, 0x46be4, 0x47001, 0x47024, 0x47029, 0x470bc, 0x47101, 0x47104,
+0x47142, 0x471b4, 0x471c9, 0x47240, 0x47401, 0x4741c, 0x47421, 0x47428, 0x4742d, 0x474c4, 0x47519,
+0x4751c, 0x47542, 0x47568, 0x47581, 0x47598, 0x4759d, 0x475a4, 0x475a9, 0x47628, 0x47661, 0x47664,
+0x47682, 0x476a8, 0x47b81, 0x47bcc, 0x47ec1, 0x47ec4, 0x47f02, 0x47f54, 0x48001, 0x48e68, 0x49002,
+0x491bc, 0x49201, 0x49510, 0x4be41, 0x4bfc4, 0x4c001, 0x4d0bc, 0x51001, 0x5191c, 0x5a001, 0x5a8e4,
+0x5a901, 0x5a97c, 0x5a982, 0x5a9a8, 0x5a9c1, 0x5aafc, 0x5ab02, 0x5ab28, 0x5ab41, 0x5abb8, 0x5ac01,
+0x5acc0, 0x5ad01, 0x5ad10, 0x5ad42, 0x5ad68, 0x5ad6e, 0x5ad88, 0x5ad8d, 0x5ade0, 0x5adf5, 0x5ae40,
+0x5b901, 0x5ba02, 0x5ba5c, 0x5bc01, 0x5bd2c, 0x5bd41, 0x5bd44, 0x5be4d, 0x5be80, 0x5bf81, 0x5bf88,
+0x5bf8d, 0x5bf90, 0x5c001, 0x61fe0, 0x62001, 0x63358, 0x63401, 0x63424, 0x6bfc1, 0x6bfd0, 0x6bfd5,
+0x6bff0, 0x6bff5, 0x6bffc, 0x6c001, 0x6c48c, 0x6c541, 0x6c54c, 0x6c591, 0x6c5a0, 0x6c5c1, 0x6cbf0,
+0x6f001, 0x6f1ac, 0x6f1c1, 0x6f1f4, 0x6f201, 0x6f224, 0x6f241, 0x6f268, 0x74b82, 0x74bd0, 0x74d82,
+0x74de4, 0x75001, 0x75154, 0x75159, 0x75274, 0x75279, 0x75280, 0x75289, 0x7528c, 0x75295, 0x7529c,
+0x752a5, 0x752b4, 0x752b9, 0x752e8, 0x752ed, 0x752f0, 0x752f5, 0x75310, 0x75315, 0x75418, 0x7541d,
+0x7542c, 0x75435, 0x75454, 0x75459, 0x75474, 0x75479, 0x754e8, 0x754ed, 0x754fc, 0x75501, 0x75514,
+0x75519, 0x7551c, 0x75529, 0x75544, 0x75549, 0x75a98, 0x75aa1, 0x75b04, 0x75b09, 0x75b6c, 0x75b71,
+0x75bec, 0x75bf1, 0x75c54, 0x75c59, 0x75cd4, 0x75cd9, 0x75d3c, 0x75d41, 0x75dbc, 0x75dc1, 0x75e24,
+0x75e29, 0x75ea4, 0x75ea9, 0x75f0c, 0x75f11, 0x75f30, 0x75f3a, 0x76000, 0x77c01, 0x77c7c, 0x78401,
+0x784b4, 0x784dd, 0x784f8, 0x78502, 0x78528, 0x78539, 0x7853c, 0x78a41, 0x78ab8, 0x78b01, 0x78bb0,
+0x78bc2, 0x78be8, 0x79f81, 0x79f9c, 0x79fa1, 0x79fb0, 0x79fb5, 0x79fbc, 0x79fc1, 0x79ffc, 0x7a001,
+0x7a314, 0x7a31e, 0x7a340, 0x7a401, 0x7a510, 0x7a52d, 0x7a530, 0x7a542, 0x7a568, 0x7b1c6, 0x7b2b0,
+0x7b2b6, 0x7b2c0, 0x7b2c6, 0x7b2d4, 0x7b406, 0x7b4b8, 0x7b4be, 0x7b4f8, 0x7b801, 0x7b810, 0x7b815,
+0x7b880, 0x7b885, 0x7b88c, 0x7b891, 0x7b894, 0x7b89d, 0x7b8a0, 0x7b8a5, 0x7b8cc, 0x7b8d1, 0x7b8e0,
+0x7b8e5, 0x7b8e8, 0x7b8ed, 0x7b8f0, 0x7b909, 0x7b90c, 0x7b91d, 0x7b920, 0x7b925, 0x7b928, 0x7b92d,
+0x7b930, 0x7b935, 0x7b940, 0x7b945, 0x7b94c, 0x7b951, 0x7b954, 0x7b95d, 0x7b960, 0x7b965, 0x7b968,
+0x7b96d, 0x7b970, 0x7b975, 0x7b978, 0x7b97d, 0x7b980, 0x7b985, 0x7b98c, 0x7b991, 0x7b994, 0x7b99d,
+0x7b9ac, 0x7b9b1, 0x7b9cc, 0x7b9d1, 0x7b9e0, 0x7b9e5, 0x7b9f4, 0x7b9f9, 0x7b9fc, 0x7ba01, 0x7ba28,
+0x7ba2d, 0x7ba70, 0x7ba85, 0x7ba90, 0x7ba95, 0x7baa8, 0x7baad, 0x7baf0, 0x7c402, 0x7c434, 0x7efc2,
+0x7efe8, 0x80001, 0xa9b80, 0xa9c01, 0xadce4, 0xadd01, 0xae078, 0xae081, 0xb3a88, 0xb3ac1, 0xbaf84,
+0xbe001, 0xbe878, 0xc0001, 0xc4d2c,
+};
+
+struct tok_merge { uint64_t key; int32_t rank, result; };  /* rank < 0: empty slot */
+
+struct cr_tokenizer {
+    int kind, pretok, add_space_prefix;
+    int rank_mode;                 /* merges decide (BPE, or SPM without scores); else scores */
+    int32_t n_vocab, bos_id, eos_id, unk_id;
+    char *text;   size_t *text_off;    /* token text as stored, offsets [n_vocab + 1] */
+    char *piece;  size_t *piece_off;   /* bytes each token stands for in decoded text */
+    uint8_t *attr;
+    float *scores;                     /* SPM score mode only */
+    int32_t *tmap;  size_t tmap_mask;  /* text -> id, open addressing, -1 empty */
+    struct tok_merge *mmap; size_t mmap_mask;
+    uint32_t max_len;
+    int32_t byte_tok[256];   /* BPE: token of the byte's stand-in character; SPM: <0xXX> */
+    uint16_t byte_cp[256];   /* GPT-2's bytes_to_unicode */
+    uint8_t barrier[256];    /* 1: the byte occurs in no token text */
+    int8_t *types;           /* [n_vocab] resolved token types, kept for export */
+    float *given_scores;     /* [n_vocab] the spec's scores, kept for export, or NULL */
+};
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static int tok_oom(cr_err *err) { return cr_fail(err, CR_ENOMEM, "tokenizer: out of memory"); }
+
+static void *tok_alloc(size_t n, size_t size) {
+    if (size && n > SIZE_MAX / size) return NULL;
+    size_t bytes = n * size;
+    return malloc(bytes ? bytes : 1);
+}
+
+/* Returns p grown to hold at least need elements (or p itself), NULL if that fails. */
+static void *tok_grow(void *p, size_t *cap, size_t need, size_t elem) {
+    if (need <= *cap) return p;
+    size_t nc = *cap ? *cap : 64;
+    while (nc < need) nc = nc > SIZE_MAX / 2 ? need : nc * 2;
+    if (nc > SIZE_MAX / elem) return NULL;
+    void *q = realloc(p, nc * elem);
+    if (q) *cap = nc;
+    return q;
+}
+
+static uint64_t tok_fnv(const void *p, size_t n) {
+    const unsigned char *s = p;
+    uint64_t h = 14695981039346656037ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ s[i]) * 1099511628211ull;
+    return h;
+}
+
+/* Open-addressing tables at most half full, so probes stay short and always end. */
+static size_t tok_table_cap(size_t n) {
+    size_t c = 16;
+    while (c / 2 < n) {
+        if (c > SIZE_MAX / 4) return 0;
+        c *= 2;
+    }
+    return c;
+}
+
+static size_t tok_utf8_put(uint32_t cp, char *d) {
+    if (cp < 0x80) { d[0] = (char)cp; return 1; }
+    if (cp < 0x800) {
+        d[0] = (char)(0xC0 | (cp >> 6)); d[1] = (char)(0x80 | (cp & 0x3F));
+        return 2;
+    }
+    if (cp < 0x10000) {
+        d[0] = (char)(0xE0 | (cp >> 12)); d[1] = (char)(0x80 | ((cp >> 6) & 0x3F));
+        d[2] = (char)(0x80 | (cp & 0x3F));
+        return 3;
+    }
+    d[0] = (char)(0xF0 | (cp >> 18)); d[1] = (char)(0x80 | ((cp >> 12) & 0x3F));
+    d[2] = (char)(0x80 | ((cp >> 6) & 0x3F)); d[3] = (char)(0x80 | (cp & 0x3F));
+    return 4;
+}
+
+/* Strict decoder (no overlongs, surrogates or values past U+10FFFF).  Returns the sequence
+ * length, or 0 if s[0..n) does not start with a valid one. */
+static size_t tok_utf8_get(const unsigned char *s, size_t n, uint32_t *cp) {
+    unsigned c = s[0];
+    size_t k;
+    uint32_t v, min;
+    if (c < 0x80) { *cp = c; return 1; }
+    if ((c & 0xE0) == 0xC0) { k = 1; v = c & 0x1F; min = 0x80; }
+    else if ((c & 0xF0) == 0xE0) { k = 2; v = c & 0x0F; min = 0x800; }
+    else if ((c & 0xF8) == 0xF0) { k = 3; v = c & 0x07; min = 0x10000; }
+    else return 0;
+    if (n <= k) return 0;
+    for (size_t j = 1; j <= k; j++) {
+        if ((s[j] & 0xC0) != 0x80) return 0;
+        v = (v << 6) | (s[j] & 0x3Fu);
+    }
+    if (v < min || v > 0x10FFFF || (v >= 0xD800 && v <= 0xDFFF)) return 0;
+    *cp = v;
+    return k + 1;
+}
+
+static int tok_uc_class(uint32_t cp) {
+    size_t lo = 0, hi = sizeof tok_uc_runs / sizeof tok_uc_runs[0];
+    while (hi - lo > 1) {               /* last run whose start is <= cp; run 0 starts at 0 */
+        size_t mid = lo + (hi - lo) / 2;
+        if ((tok_uc_runs[mid] >> 2) <= cp) lo = mid; else hi = mid;
+    }
+    return (int)(tok_uc_runs[lo] & 3u);
+}
+
+/* "<0xAB>" -> 0xAB, else -1. */
+static int tok_parse_byte(const char *s, size_t n) {
+    if (n != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>') return -1;
+    int v = 0;
+    for (int i = 3; i < 5; i++) {
+        char c = s[i];
+        int d = c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10
+              : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (d < 0) return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+/* ---- vocabulary lookups ----------------------------------------------------------------- */
+
+/* The slot holding the token spelled s[0..n), or the empty slot where it would go. */
+static size_t tok_slot(const cr_tokenizer *t, const char *s, size_t n) {
+    size_t i = (size_t)tok_fnv(s, n) & t->tmap_mask;
+    for (;;) {
+        int32_t id = t->tmap[i];
+        if (id < 0) return i;
+        size_t o = t->text_off[id];
+        if (t->text_off[id + 1] - o == n && memcmp(t->text + o, s, n) == 0) return i;
+        i = (i + 1) & t->tmap_mask;
+    }
+}
+
+static int32_t tok_find(const cr_tokenizer *t, const char *s, size_t n) {
+    return t->tmap[tok_slot(t, s, n)];
+}
+
+/* Only tokens that plain text can turn into (not control, unknown, unused or byte tokens). */
+static int32_t tok_find_text(const cr_tokenizer *t, const char *s, size_t n) {
+    if (n > t->max_len) return -1;
+    int32_t id = tok_find(t, s, n);
+    return id >= 0 && (t->attr[id] & TOK_A_MATCH) ? id : -1;
+}
+
+static uint64_t tok_pair_key(int32_t a, int32_t b) {
+    return (uint64_t)(uint32_t)a << 32 | (uint32_t)b;
+}
+
+static size_t tok_merge_slot(const struct tok_merge *m, size_t mask, uint64_t key) {
+    unsigned char k[8];
+    for (int i = 0; i < 8; i++) k[i] = (unsigned char)(key >> (8 * i));
+    size_t i = (size_t)tok_fnv(k, 8) & mask;
+    while (m[i].rank >= 0 && m[i].key != key) i = (i + 1) & mask;
+    return i;
+}
+
+static const struct tok_merge *tok_merge_find(const cr_tokenizer *t, int32_t a, int32_t b) {
+    if (!t->mmap) return NULL;
+    const struct tok_merge *m = &t->mmap[tok_merge_slot(t->mmap, t->mmap_mask, tok_pair_key(a, b))];
+    return m->rank >= 0 ? m : NULL;
+}
+
+/* ---- open / close ----------------------------------------------------------------------- */
+
+void cr_tokenizer_close(cr_tokenizer *t) {
+    if (!t) return;
+    free(t->text); free(t->text_off); free(t->piece); free(t->piece_off);
+    free(t->attr); free(t->scores); free(t->tmap); free(t->mmap);
+    free(t->types); free(t->given_scores);
+    free(t);
+}
+
+static int tok_default_type(const cr_tokenizer *t, int32_t id, const char *s, size_t n) {
+    if (id == t->bos_id || id == t->eos_id) return TOK_T_CONTROL;
+    if (id == t->unk_id) return TOK_T_UNKNOWN;
+    if (t->kind == CR_TOK_SPM && tok_parse_byte(s, n) >= 0) return TOK_T_BYTE;
+    return TOK_T_NORMAL;
+}
+
+/* Writes the decoded bytes of token id into d (never longer than its stored text). */
+static size_t tok_make_piece(cr_tokenizer *t, int32_t id, int type, const int16_t *inv, char *d) {
+    const char *s = t->text + t->text_off[id];
+    size_t n = t->text_off[id + 1] - t->text_off[id], m = 0;
+    switch (type) {
+    case TOK_T_UNKNOWN: case TOK_T_CONTROL: case TOK_T_UNUSED:
+        t->attr[id] = 0;
+        return 0;
+    case TOK_T_BYTE: {
+        int b = tok_parse_byte(s, n);
+        t->attr[id] = 0;
+        if (b < 0) return 0;
+        d[0] = (char)b;
+        return 1;
+    }
+    case TOK_T_USER:
+        t->attr[id] = TOK_A_MATCH;
+        memcpy(d, s, n);
+        return n;
+    default:
+        break;
+    }
+    t->attr[id] = TOK_A_MATCH | TOK_A_NORMAL;
+    for (size_t i = 0; i < n;) {
+        uint32_t cp = 0;
+        size_t k = tok_utf8_get((const unsigned char *)s + i, n - i, &cp);
+        if (k == 0) { d[m++] = s[i++]; continue; }   /* keep stray bytes rather than lose them */
+        if (t->kind == CR_TOK_SPM && cp == 0x2581) d[m++] = ' ';
+        else if (t->kind == CR_TOK_BYTE_BPE && cp < 324 && inv[cp] >= 0) d[m++] = (char)inv[cp];
+        else { memcpy(d + m, s + i, k); m += k; }
+        i += k;
+    }
+    return m;
+}
+
+static int tok_build_merges(cr_tokenizer *t, const cr_tokenizer_spec *sp, cr_err *err) {
+    size_t cap = tok_table_cap((size_t)sp->n_merges);
+    if (!cap || !(t->mmap = tok_alloc(cap, sizeof *t->mmap)))
+        return cr_fail(err, CR_ENOMEM, "tokenizer: out of memory for %d merges", sp->n_merges);
+    t->mmap_mask = cap - 1;
+    for (size_t i = 0; i < cap; i++) t->mmap[i].rank = -1;
+    char *buf = NULL;
+    size_t bufcap = 0;
+    for (int32_t r = 0; r < sp->n_merges; r++) {
+        const char *s = sp->merges[r];
+        size_t n = sp->merge_lens[r], sep = 1;
+        if (n && !s) {
+            free(buf);
+            return cr_fail(err, CR_EINVAL, "tokenizer: merge %d is NULL", r);
+        }
+        while (sep < n && s[sep] != ' ') sep++;   /* first space past byte 0, as llama.cpp */
+        if (sep >= n) {
+            free(buf);
+            return cr_fail(err, CR_EFORMAT, "tokenizer: merge %d has no \"left right\" form", r);
+        }
+        if (n - 1 > t->max_len) continue;          /* its result cannot be a token */
+        char *nb = tok_grow(buf, &bufcap, n, 1);
+        if (!nb) { free(buf); return tok_oom(err); }
+        buf = nb;
+        memcpy(buf, s, sep);
+        memcpy(buf + sep, s + sep + 1, n - sep - 1);
+        int32_t a = tok_find(t, s, sep), b = tok_find(t, s + sep + 1, n - sep - 1);
+        int32_t c = tok_find(t, buf, n - 1);
+        if (a < 0 || b < 0 || c < 0) continue;
+        struct tok_merge *m = &t->mmap[tok_merge_slot(t->mmap, t->mmap_mask, tok_pair_key(a, b))];
+        if (m->rank >= 0) continue;               /* a repeated merge keeps its first rank */
+        m->key = tok_pair_key(a, b);
+        m->rank = r;
+        m->result = c;
+    }
+    free(buf);
+    return CR_OK;
+}
+
+static int tok_check_spec(const cr_tokenizer_spec *sp, cr_err *err) {
+    if (sp->kind != CR_TOK_BYTE_BPE && sp->kind != CR_TOK_SPM)
+        return cr_fail(err, CR_EINVAL, "tokenizer: unknown kind %d", sp->kind);
+    if (sp->kind == CR_TOK_BYTE_BPE && (sp->pretok < CR_PRE_GPT2 || sp->pretok > CR_PRE_QWEN2))
+        return cr_fail(err, CR_EINVAL, "tokenizer: unknown pre-tokenizer %d", sp->pretok);
+    if (sp->n_vocab <= 0 || sp->n_vocab == INT32_MAX)
+        return cr_fail(err, CR_EINVAL, "tokenizer: invalid vocabulary size %d", sp->n_vocab);
+    if (!sp->tokens || !sp->token_lens)
+        return cr_fail(err, CR_EINVAL, "tokenizer: missing token texts or lengths");
+    if (sp->n_merges < 0 || (sp->n_merges > 0 && (!sp->merges || !sp->merge_lens)))
+        return cr_fail(err, CR_EINVAL, "tokenizer: invalid merge list (%d merges)", sp->n_merges);
+    const int32_t ids[3] = { sp->bos_id, sp->eos_id, sp->unk_id };
+    static const char *const names[3] = { "BOS", "EOS", "UNK" };
+    for (int i = 0; i < 3; i++)
+        if (ids[i] < -1 || ids[i] >= sp->n_vocab)
+            return cr_fail(err, CR_EINVAL, "tokenizer: %s id %d outside [0, %d)", names[i], ids[i],
+                           sp->n_vocab);
+    return CR_OK;
+}
+
+int cr_tokenizer_open(const cr_tokenizer_spec *sp, cr_tokenizer **out, cr_err *err) {
+    if (!out) return cr_fail(err, CR_EINVAL, "tokenizer: NULL output pointer");
+    *out = NULL;
+    if (!sp) return cr_fail(err, CR_EINVAL, "tokenizer: NULL spec");
+    int rc = tok_check_spec(sp, err);
+    if (rc) return rc;
+    size_t nv = (size_t)sp->n_vocab, total = 0;
+    for (size_t i = 0; i < nv; i++) {
+        uint32_t n = sp->token_lens[i];
+        if (n > TOK_MAX_TOKEN_LEN)
+            return cr_fail(err, CR_EFORMAT, "tokenizer: token %zu is %u bytes long", i, n);
+        if (n && !sp->tokens[i]) return cr_fail(err, CR_EINVAL, "tokenizer: token %zu is NULL", i);
+        if (total > SIZE_MAX - n) return cr_fail(err, CR_ERANGE, "tokenizer: vocabulary too large");
+        total += n;
+    }
     cr_tokenizer *t = calloc(1, sizeof *t);
-    if (!t) return cr_fail(err, CR_ENOMEM, "out of memory");
-    t->n_vocab = spec->n_vocab, t->bos = spec->bos_id, t->eos = spec->eos_id;
+    if (!t) return tok_oom(err);
+    t->kind = sp->kind;
+    t->pretok = sp->kind == CR_TOK_BYTE_BPE ? sp->pretok : CR_PRE_GPT2;
+    t->add_space_prefix = sp->kind == CR_TOK_SPM && sp->add_space_prefix;
+    t->rank_mode = sp->kind == CR_TOK_BYTE_BPE || (!sp->scores && sp->n_merges > 0);
+    t->n_vocab = sp->n_vocab;
+    t->bos_id = sp->bos_id; t->eos_id = sp->eos_id; t->unk_id = sp->unk_id;
+    size_t tcap = tok_table_cap(nv);
+    t->text = tok_alloc(total, 1);
+    t->piece = tok_alloc(total, 1);
+    t->text_off = tok_alloc(nv + 1, sizeof *t->text_off);
+    t->piece_off = tok_alloc(nv + 1, sizeof *t->piece_off);
+    t->attr = tok_alloc(nv, 1);
+    t->tmap = tcap ? tok_alloc(tcap, sizeof *t->tmap) : NULL;
+    if (!t->rank_mode) t->scores = tok_alloc(nv, sizeof *t->scores);
+    t->types = tok_alloc(nv, sizeof *t->types);
+    if (sp->scores && (t->given_scores = tok_alloc(nv, sizeof *t->given_scores)))
+        memcpy(t->given_scores, sp->scores, nv * sizeof *t->given_scores);
+    if (!t->types || (sp->scores && !t->given_scores)) {
+        cr_tokenizer_close(t);
+        return cr_fail(err, CR_ENOMEM, "tokenizer: out of memory for %zu tokens", nv);
+    }
+    if (!t->text || !t->piece || !t->text_off || !t->piece_off || !t->attr || !t->tmap
+        || (!t->rank_mode && !t->scores)) {
+        cr_tokenizer_close(t);
+        return cr_fail(err, CR_ENOMEM, "tokenizer: out of memory for %zu tokens", nv);
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < nv; i++) {
+        uint32_t n = sp->token_lens[i];
+        t->text_off[i] = o;
+        if (n) memcpy(t->text + o, sp->tokens[i], n);
+        o += n;
+        if (n > t->max_len) t->max_len = n;
+        if (t->scores) {
+            float s = sp->scores ? sp->scores[i] : 0.0f;
+            t->scores[i] = isnan(s) ? -INFINITY : s == 0.0f ? 0.0f : s;   /* heap needs an order */
+        }
+    }
+    t->text_off[nv] = o;
+    memset(t->barrier, 1, sizeof t->barrier);
+    for (size_t i = 0; i < o; i++) t->barrier[(unsigned char)t->text[i]] = 0;
+    t->tmap_mask = tcap - 1;
+    for (size_t i = 0; i < tcap; i++) t->tmap[i] = -1;
+    for (size_t id = 0; id < nv; id++)   /* a repeated text maps to its last id, as llama.cpp */
+        t->tmap[tok_slot(t, t->text + t->text_off[id], t->text_off[id + 1] - t->text_off[id])] =
+            (int32_t)id;
+
+    int16_t inv[324];   /* GPT-2 stand-in code point -> byte */
+    for (int i = 0; i < 324; i++) inv[i] = -1;
+    for (int b = 0, extra = 0; b < 256; b++) {
+        int printable = (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || b >= 0xAE;
+        t->byte_cp[b] = (uint16_t)(printable ? b : 256 + extra++);
+        inv[t->byte_cp[b]] = (int16_t)b;
+    }
+    for (int b = 0; b < 256; b++) {
+        char s[8];
+        if (t->kind == CR_TOK_BYTE_BPE) {
+            t->byte_tok[b] = tok_find(t, s, tok_utf8_put(t->byte_cp[b], s));
+        } else {
+            snprintf(s, sizeof s, "<0x%02X>", (unsigned)b);
+            t->byte_tok[b] = tok_find(t, s, 6);
+            if (t->byte_tok[b] < 0) { s[0] = (char)b; t->byte_tok[b] = tok_find(t, s, 1); }
+        }
+    }
+
+    o = 0;
+    for (size_t id = 0; id < nv; id++) {
+        const char *s = t->text + t->text_off[id];
+        size_t n = t->text_off[id + 1] - t->text_off[id];
+        int type = sp->token_types ? sp->token_types[id] : tok_default_type(t, (int32_t)id, s, n);
+        t->types[id] = (int8_t)(type >= 1 && type <= 6 ? type : TOK_T_NORMAL);
+        t->piece_off[id] = o;
+        o += tok_make_piece(t, (int32_t)id, type, inv, t->piece + o);
+    }
+    t->piece_off[nv] = o;
+
+    if (t->rank_mode && sp->n_merges > 0 && (rc = tok_build_merges(t, sp, err)) != CR_OK) {
+        cr_tokenizer_close(t);
+        return rc;
+    }
     *out = t;
     return CR_OK;
 }
-int cr_tokenizer_open_llama2c(const unsigned char *buf, size_t size, int32_t n_vocab, cr_tokenizer **out, cr_err *err) {
-    (void)buf, (void)size;
-    cr_tokenizer_spec sp = {0};
-    sp.n_vocab = n_vocab, sp.bos_id = 1, sp.eos_id = 2;
-    return cr_tokenizer_open(&sp, out, err);
-}
-void cr_tokenizer_close(cr_tokenizer *tok) { free(tok); }
-int cr_tokenizer_encode(const cr_tokenizer *tok, const char *text, size_t len, int add_bos, int32_t **ids_out, size_t *n_out, cr_err *err) {
-    (void)tok, (void)text, (void)len, (void)add_bos, (void)ids_out, (void)n_out;
-    return cr_fail(err, CR_EUNSUPPORTED, "tokenizer not yet available");
-}
-int cr_tokenizer_decode(const cr_tokenizer *tok, const int32_t *ids, size_t n, char **text_out, size_t *len_out, cr_err *err) {
-    (void)tok, (void)ids, (void)n, (void)text_out, (void)len_out;
-    return cr_fail(err, CR_EUNSUPPORTED, "tokenizer not yet available");
-}
-int cr_tokenizer_token_bytes(const cr_tokenizer *tok, int32_t id, char *buf, size_t cap, size_t *len) {
-    (void)tok, (void)id, (void)buf, (void)cap, (void)len;
-    return CR_EUNSUPPORTED;
-}
-int32_t cr_tokenizer_n_vocab(const cr_tokenizer *tok) { return tok->n_vocab; }
-int32_t cr_tokenizer_bos(const cr_tokenizer *tok) { return tok->bos; }
-int32_t cr_tokenizer_eos(const cr_tokenizer *tok) { return tok->eos; }
-static int cr_tokenizer_export(const cr_tokenizer *tok, cr_tokenizer_spec *spec) { (void)tok, (void)spec; return CR_EUNSUPPORTED; }
-/* ---- tokenizer core end ---- */
 
-int32_t cr_tokenizer_newline(const cr_tokenizer *tok) {
-    int32_t *ids = NULL;
-    size_t n = 0;
-    int32_t id = -1;
-    if (cr_tokenizer_encode(tok, "\n", 1, 0, &ids, &n, NULL) == CR_OK && n == 1) id = ids[0];
-    free(ids);
-    return id;
+/* ---- pre-tokenizers (llama.cpp unicode.cpp, one regex match per call) ----------------------
+ * Each returns the end of the match starting at pos; cp/cl are code points and their classes. */
+
+static size_t tok_contraction(const uint32_t *cp, size_t n, size_t pos, int fold) {
+    uint32_t a = cp[pos + 1], b = pos + 2 < n ? cp[pos + 2] : 0;
+    if (fold) {   /* (?i:) folds only ASCII here: nothing else lowercases to s, t, r, e, ... */
+        if (a >= 'A' && a <= 'Z') a += 32;
+        if (b >= 'A' && b <= 'Z') b += 32;
+    }
+    if (a == 's' || a == 't' || a == 'm' || a == 'd') return 2;
+    if ((a == 'r' && b == 'e') || (a == 'v' && b == 'e') || (a == 'l' && b == 'l')) return 3;
+    return 0;
 }
+
+/* \s+(?!\S)|\s+, preceded for Llama-3 by \s*[\r\n]+ */
+static size_t tok_split_space(const uint32_t *cp, const uint8_t *cl, size_t n, size_t pos,
+                              int newlines) {
+    size_t w = pos, last_nl = 0;
+    while (w < n && cl[w] == TOK_C_SPACE) {
+        if (newlines && (cp[w] == '\r' || cp[w] == '\n')) last_nl = w + 1;
+        w++;
+    }
+    if (last_nl) return last_nl;
+    if (w - pos > 1 && w < n) return w - 1;   /* leave one space to lead the next word */
+    return w > pos ? w : pos + 1;
+}
+
+/* 's|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+ */
+static size_t tok_split_gpt2(const uint32_t *cp, const uint8_t *cl, size_t n, size_t pos) {
+    if (cp[pos] == '\'' && pos + 1 < n) {
+        size_t k = tok_contraction(cp, n, pos, 0);
+        if (k) return pos + k;
+    }
+    size_t p = pos + (cp[pos] == ' ');
+    if (p < n && cl[p] != TOK_C_SPACE) {
+        uint8_t k = cl[p];
+        do p++; while (p < n && cl[p] == k);
+        return p;
+    }
+    return tok_split_space(cp, cl, n, pos, 0);
+}
+
+/* (?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|
+ * \s*[\r\n]+|\s+(?!\S)|\s+   (Qwen2: \p{N} alone, i.e. max_digits 1) */
+static size_t tok_split_llama3(const uint32_t *cp, const uint8_t *cl, size_t n, size_t pos,
+                               size_t max_digits) {
+    uint32_t c = cp[pos];
+    if (c == '\'' && pos + 1 < n) {
+        size_t k = tok_contraction(cp, n, pos, 1);
+        if (k) return pos + k;
+    }
+    if (c != '\r' && c != '\n' && cl[pos] != TOK_C_NUMBER
+        && (cl[pos] == TOK_C_LETTER || (pos + 1 < n && cl[pos + 1] == TOK_C_LETTER))) {
+        size_t p = pos + 1;
+        while (p < n && cl[p] == TOK_C_LETTER) p++;
+        return p;
+    }
+    if (cl[pos] == TOK_C_NUMBER) {
+        size_t p = pos + 1;
+        while (p < n && p - pos < max_digits && cl[p] == TOK_C_NUMBER) p++;
+        return p;
+    }
+    size_t p = pos + (c == ' ');
+    if (p < n && cl[p] == TOK_C_OTHER) {
+        while (p < n && cl[p] == TOK_C_OTHER) p++;
+        while (p < n && (cp[p] == '\r' || cp[p] == '\n')) p++;
+        return p;
+    }
+    return tok_split_space(cp, cl, n, pos, 1);
+}
+
+/* ---- the merge loop shared by both kinds ------------------------------------------------
+ * Symbols form a linked list over a byte string.  Candidate pairs wait in a max-heap ordered
+ * by priority, then leftmost position (llama.cpp's comparators); it is 4-ary because SPM can
+ * queue a long text and a shallower heap misses the cache less.  Symbols only ever grow, so a
+ * candidate is stale exactly when its combined length no longer matches. */
+
+struct tok_sym { uint32_t off, n, prev, next; int32_t id; };
+struct tok_cand { uint32_t key, left, size; int32_t id; };
+
+struct tok_work {
+    struct tok_sym *sym;   size_t sym_cap;
+    struct tok_cand *heap; size_t heap_n, heap_cap;
+    uint32_t *cp;          size_t cp_cap;
+    uint8_t *cl;           size_t cl_cap;
+    char *buf;             size_t buf_cap;
+    int32_t *ids;          size_t ids_n, ids_cap;
+};
+
+static int tok_before(const struct tok_cand *a, const struct tok_cand *b) {
+    return a->key > b->key || (a->key == b->key && a->left < b->left);
+}
+
+static int tok_heap_push(struct tok_work *w, struct tok_cand c) {
+    struct tok_cand *h = tok_grow(w->heap, &w->heap_cap, w->heap_n + 1, sizeof *h);
+    if (!h) return CR_ENOMEM;
+    w->heap = h;
+    size_t i = w->heap_n++;
+    while (i > 0 && tok_before(&c, &h[(i - 1) / 4])) { h[i] = h[(i - 1) / 4]; i = (i - 1) / 4; }
+    h[i] = c;
+    return CR_OK;
+}
+
+static struct tok_cand tok_heap_pop(struct tok_work *w) {
+    struct tok_cand *h = w->heap, top = h[0], last = h[--w->heap_n];
+    size_t i = 0, n = w->heap_n;
+    for (;;) {
+        size_t c = 4 * i + 1, e = c + 4 < n ? c + 4 : n;
+        if (c >= n) break;
+        for (size_t j = c + 1; j < e; j++)
+            if (tok_before(&h[j], &h[c])) c = j;
+        if (!tok_before(&h[c], &last)) break;
+        h[i] = h[c];
+        i = c;
+    }
+    if (n) h[i] = last;
+    return top;
+}
+
+/* Float scores map to unsigned keys with the same order, ranks to keys that fall as they grow. */
+static uint32_t tok_score_key(float f) {
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u & 0x80000000u ? ~u : u | 0x80000000u;
+}
+
+static int tok_try_pair(const cr_tokenizer *t, struct tok_work *w, const char *s, uint32_t a) {
+    if (a == TOK_NIL) return CR_OK;
+    const struct tok_sym *sa = &w->sym[a];
+    if (sa->next == TOK_NIL) return CR_OK;
+    const struct tok_sym *sb = &w->sym[sa->next];
+    struct tok_cand c = { 0, a, sa->n + sb->n, -1 };
+    if (t->rank_mode) {
+        if (sa->id < 0 || sb->id < 0) return CR_OK;
+        const struct tok_merge *m = tok_merge_find(t, sa->id, sb->id);
+        if (!m) return CR_OK;
+        c.key = UINT32_MAX - (uint32_t)m->rank;
+        c.id = m->result;
+    } else {
+        c.id = tok_find_text(t, s + sa->off, c.size);
+        if (c.id < 0) return CR_OK;
+        c.key = tok_score_key(t->scores[c.id]);
+    }
+    return tok_heap_push(w, c);
+}
+
+static int tok_drain(const cr_tokenizer *t, struct tok_work *w, const char *s) {
+    int rc = CR_OK;
+    while (w->heap_n && !rc) {
+        struct tok_cand c = tok_heap_pop(w);
+        struct tok_sym *a = &w->sym[c.left];
+        if (a->n == 0 || a->next == TOK_NIL || a->n + w->sym[a->next].n != c.size) continue;
+        struct tok_sym *b = &w->sym[a->next];
+        a->n = c.size;
+        a->id = c.id;
+        a->next = b->next;
+        if (b->next != TOK_NIL) w->sym[b->next].prev = c.left;
+        b->n = 0;
+        rc = tok_try_pair(t, w, s, a->prev);
+        if (!rc) rc = tok_try_pair(t, w, s, c.left);
+    }
+    return rc;
+}
+
+/* Merges a fresh chain of nsym symbols.  Some symbols can never join a pair: with merges, one
+ * without a token; with scores, a one-byte symbol whose byte occurs in no token.  The runs
+ * between them merge independently, so queueing one run at a time gives the same result as one
+ * queue for the whole text, with a far smaller heap (SPM texts split at every newline). */
+static int tok_merge_all(const cr_tokenizer *t, struct tok_work *w, const char *s, uint32_t nsym) {
+    int rc = CR_OK;
+    for (uint32_t i = 0, start = 0; i < nsym && !rc; i++) {
+        const struct tok_sym *y = &w->sym[i];
+        int cut = t->rank_mode ? y->id < 0 : y->n == 1 && t->barrier[(unsigned char)s[y->off]];
+        if (i + 1 < nsym && !cut) continue;
+        w->heap_n = 0;
+        for (uint32_t j = start; j < i && !rc; j++) rc = tok_try_pair(t, w, s, j);
+        if (!rc) rc = tok_drain(t, w, s);
+        start = i + 1;
+    }
+    return rc;
+}
+
+static int tok_emit(struct tok_work *w, int32_t id) {
+    int32_t *v = tok_grow(w->ids, &w->ids_cap, w->ids_n + 1, sizeof *v);
+    if (!v) return CR_ENOMEM;
+    w->ids = v;
+    v[w->ids_n++] = id;
+    return CR_OK;
+}
+
+/* Emits the symbol chain; a symbol with no token falls back to one token per byte. */
+static int tok_emit_chain(const cr_tokenizer *t, struct tok_work *w, const char *s, cr_err *err) {
+    for (uint32_t i = 0; i != TOK_NIL; i = w->sym[i].next) {
+        const struct tok_sym *y = &w->sym[i];
+        if (y->id >= 0) {
+            if (tok_emit(w, y->id)) return tok_oom(err);
+            continue;
+        }
+        for (uint32_t j = 0; j < y->n; j++) {
+            unsigned char b = (unsigned char)s[y->off + j];
+            int32_t id = t->byte_tok[b] >= 0 ? t->byte_tok[b] : t->unk_id;
+            if (id < 0)
+                return cr_fail(err, CR_EFORMAT,
+                               "tokenizer: byte 0x%02X has no token and there is no UNK", b);
+            if (tok_emit(w, id)) return tok_oom(err);
+        }
+    }
+    return CR_OK;
+}
+
+static int tok_bpe_word(const cr_tokenizer *t, struct tok_work *w, const char *s, size_t n,
+                        cr_err *err) {
+    if (t->pretok == CR_PRE_LLAMA3) {   /* Llama-3 sets ignore_merges: a whole-word token wins */
+        char *b = tok_grow(w->buf, &w->buf_cap, 2 * n, 1);
+        if (!b) return tok_oom(err);
+        w->buf = b;
+        size_t m = 0;
+        for (size_t i = 0; i < n; i++) m += tok_utf8_put(t->byte_cp[(unsigned char)s[i]], b + m);
+        int32_t id = tok_find_text(t, b, m);
+        if (id >= 0) return tok_emit(w, id) ? tok_oom(err) : 0;
+    }
+    struct tok_sym *y = tok_grow(w->sym, &w->sym_cap, n, sizeof *y);
+    if (!y) return tok_oom(err);
+    w->sym = y;
+    for (size_t i = 0; i < n; i++) {
+        y[i].off = (uint32_t)i;
+        y[i].n = 1;
+        y[i].prev = i ? (uint32_t)(i - 1) : TOK_NIL;
+        y[i].next = i + 1 < n ? (uint32_t)(i + 1) : TOK_NIL;
+        y[i].id = t->byte_tok[(unsigned char)s[i]];
+    }
+    if (tok_merge_all(t, w, s, (uint32_t)n)) return tok_oom(err);
+    return tok_emit_chain(t, w, s, err);
+}
+
+static int tok_encode_bpe(const cr_tokenizer *t, struct tok_work *w, const char *text, size_t len,
+                          cr_err *err) {
+    if (len == 0) return CR_OK;
+    uint32_t *cp = tok_grow(w->cp, &w->cp_cap, len, sizeof *cp);
+    if (cp) w->cp = cp;
+    uint8_t *cl = cp ? tok_grow(w->cl, &w->cl_cap, len, 1) : NULL;
+    if (!cl) return tok_oom(err);
+    w->cl = cl;
+    size_t ncp = 0;
+    for (size_t i = 0; i < len; ncp++) {   /* text was validated: every sequence decodes */
+        i += tok_utf8_get((const unsigned char *)text + i, len - i, &cp[ncp]);
+        cl[ncp] = (uint8_t)tok_uc_class(cp[ncp]);
+    }
+    size_t pos = 0, bpos = 0;
+    while (pos < ncp) {
+        size_t end = t->pretok == CR_PRE_GPT2 ? tok_split_gpt2(cp, cl, ncp, pos)
+                   : tok_split_llama3(cp, cl, ncp, pos, t->pretok == CR_PRE_LLAMA3 ? 3 : 1);
+        size_t bend = bpos;
+        char tmp[4];
+        for (size_t i = pos; i < end; i++) bend += tok_utf8_put(cp[i], tmp);
+        int rc = tok_bpe_word(t, w, text + bpos, bend - bpos, err);
+        if (rc) return rc;
+        pos = end;
+        bpos = bend;
+    }
+    return CR_OK;
+}
+
+static int tok_encode_spm(const cr_tokenizer *t, struct tok_work *w, const char *text, size_t len,
+                          cr_err *err) {
+    if (len == 0) return CR_OK;   /* no phantom space for empty text, as llama.cpp and HF */
+    char *s = tok_grow(w->buf, &w->buf_cap, 3 * len + 3, 1);
+    if (!s) return tok_oom(err);
+    w->buf = s;
+    size_t m = 0;
+    if (t->add_space_prefix) { memcpy(s, "\xE2\x96\x81", 3); m = 3; }
+    for (size_t i = 0; i < len; i++) {
+        if (text[i] == ' ') { memcpy(s + m, "\xE2\x96\x81", 3); m += 3; }
+        else s[m++] = text[i];
+    }
+    struct tok_sym *y = tok_grow(w->sym, &w->sym_cap, m, sizeof *y);
+    if (!y) return tok_oom(err);
+    w->sym = y;
+    uint32_t nsym = 0;
+    for (size_t i = 0; i < m; nsym++) {
+        uint32_t cp;
+        size_t k = tok_utf8_get((const unsigned char *)s + i, m - i, &cp);
+        y[nsym].off = (uint32_t)i;
+        y[nsym].n = (uint32_t)k;
+        y[nsym].prev = nsym ? nsym - 1 : TOK_NIL;
+        y[nsym].next = nsym + 1;
+        y[nsym].id = tok_find_text(t, s + i, k);
+        i += k;
+    }
+    y[nsym - 1].next = TOK_NIL;
+    if (tok_merge_all(t, w, s, nsym)) return tok_oom(err);
+    return tok_emit_chain(t, w, s, err);
+}
+
+int cr_tokenizer_encode(const cr_tokenizer *t, const char *text, size_t len, int add_bos,
+                        int32_t **ids_out, size_t *n_out, cr_err *err) {
+    if (!t || !ids_out || !n_out) return cr_fail(err, CR_EINVAL, "tokenizer: NULL argument");
+    *ids_out = NULL;
+    *n_out = 0;
+    if (len && !text) return cr_fail(err, CR_EINVAL, "tokenizer: NULL text");
+    if (len > TOK_MAX_TEXT)
+        return cr_fail(err, CR_ERANGE, "tokenizer: text of %zu bytes is too long", len);
+    if (add_bos && t->bos_id < 0) return cr_fail(err, CR_EINVAL, "tokenizer: no BOS token");
+    for (size_t i = 0; i < len;) {
+        uint32_t cp;
+        size_t k = tok_utf8_get((const unsigned char *)text + i, len - i, &cp);
+        if (!k) return cr_fail(err, CR_EINVAL, "tokenizer: invalid UTF-8 at byte offset %zu", i);
+        i += k;
+    }
+    struct tok_work w;
+    memset(&w, 0, sizeof w);
+    int rc = CR_OK;
+    if (add_bos && tok_emit(&w, t->bos_id)) rc = tok_oom(err);
+    if (!rc) rc = t->kind == CR_TOK_BYTE_BPE ? tok_encode_bpe(t, &w, text, len, err)
+                                             : tok_encode_spm(t, &w, text, len, err);
+    if (!rc && !w.ids && !(w.ids = malloc(sizeof *w.ids)))   /* callers may always free() */
+        rc = tok_oom(err);
+    free(w.sym); free(w.heap); free(w.cp); free(w.cl); free(w.buf);
+    if (rc) { free(w.ids); return rc; }
+    *ids_out = w.ids;
+    *n_out = w.ids_n;
+    return CR_OK;
+}
+
+/* ---- decoding --------------------------------------------------------------------------- */
+
+int cr_tokenizer_token_bytes(const cr_tokenizer *t, int32_t id, char *buf, size_t cap,
+                             size_t *len) {
+    if (len) *len = 0;
+    if (!t) return CR_EINVAL;
+    if (id < 0 || id >= t->n_vocab) return CR_ERANGE;
+    size_t o = t->piece_off[id], n = t->piece_off[id + 1] - o;
+    if (buf && cap) memcpy(buf, t->piece + o, n < cap ? n : cap);
+    if (len) *len = n;
+    return CR_OK;
+}
+
+int cr_tokenizer_decode(const cr_tokenizer *t, const int32_t *ids, size_t n, char **text_out,
+                        size_t *len_out, cr_err *err) {
+    if (!t || !text_out || (n && !ids)) return cr_fail(err, CR_EINVAL, "tokenizer: NULL argument");
+    *text_out = NULL;
+    if (len_out) *len_out = 0;
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= t->n_vocab)
+            return cr_fail(err, CR_ERANGE, "tokenizer: id %d at position %zu outside [0, %d)",
+                           ids[i], i, t->n_vocab);
+        size_t k = t->piece_off[ids[i] + 1] - t->piece_off[ids[i]];
+        if (k > SIZE_MAX - 1 - total)
+            return cr_fail(err, CR_ERANGE, "tokenizer: decoded text too long");
+        total += k;
+    }
+    /* Undo the phantom space: SentencePiece drops it from the first text token after BOS. */
+    size_t first = n && t->bos_id >= 0 && ids[0] == t->bos_id ? 1 : 0, skip = 0;
+    if (t->add_space_prefix && first < n) {
+        int32_t id = ids[first];
+        if ((t->attr[id] & TOK_A_NORMAL) && t->text_off[id + 1] - t->text_off[id] >= 3
+            && memcmp(t->text + t->text_off[id], "\xE2\x96\x81", 3) == 0)
+            skip = 1;
+    }
+    char *d = tok_alloc(total - skip + 1, 1);
+    if (!d) return cr_fail(err, CR_ENOMEM, "tokenizer: out of memory for %zu bytes", total);
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t o = t->piece_off[ids[i]], k = t->piece_off[ids[i] + 1] - o;
+        if (i == first && skip) { o++; k--; }
+        memcpy(d + m, t->piece + o, k);
+        m += k;
+    }
+    d[m] = '\0';
+    *text_out = d;
+    if (len_out) *len_out = m;
+    return CR_OK;
+}
+
+int32_t cr_tokenizer_n_vocab(const cr_tokenizer *t) { return t ? t->n_vocab : 0; }
+int32_t cr_tokenizer_bos(const cr_tokenizer *t) { return t ? t->bos_id : -1; }
+int32_t cr_tokenizer_eos(const cr_tokenizer *t) { return t ? t->eos_id : -1; }
+
+int32_t cr_tokenizer_newline(const cr_tokenizer *t) {
+    if (!t) return -1;
+    int32_t id = t->kind == CR_TOK_SPM ? tok_find_text(t, "\n", 1) : -1;
+    return id >= 0 ? id : t->byte_tok['\n'];
+}
+
+/* ---- llama2.c tokenizer.bin -------------------------------------------------------------- */
+
+static uint32_t tok_le32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+int cr_tokenizer_open_llama2c(const unsigned char *buf, size_t size, int32_t n_vocab,
+                              cr_tokenizer **out, cr_err *err) {
+    if (!out) return cr_fail(err, CR_EINVAL, "tokenizer.bin: NULL output pointer");
+    *out = NULL;
+    if (!buf && size) return cr_fail(err, CR_EINVAL, "tokenizer.bin: NULL buffer");
+    if (n_vocab < 0)
+        return cr_fail(err, CR_EINVAL, "tokenizer.bin: negative vocabulary size %d", n_vocab);
+    if (size < 4) return cr_fail(err, CR_EFORMAT, "tokenizer.bin: truncated header");
+    if (size > SIZE_MAX / 3)
+        return cr_fail(err, CR_ERANGE, "tokenizer.bin: %zu bytes is too large", size);
+    /* First pass: bounds and the converted size (each ' ' becomes the 3-byte "▁"). */
+    size_t pos = 4, total = 0;
+    int32_t n = 0;
+    while (n_vocab ? n < n_vocab : pos < size) {
+        if (n == INT32_MAX - 1) return cr_fail(err, CR_ERANGE, "tokenizer.bin: too many tokens");
+        if (size - pos < 8)
+            return cr_fail(err, CR_EFORMAT, "tokenizer.bin: truncated at token %d (offset %zu)", n,
+                           pos);
+        uint32_t len = tok_le32(buf + pos + 4);
+        if (len > size - pos - 8 || len > TOK_MAX_TOKEN_LEN / 3)
+            return cr_fail(err, CR_EFORMAT, "tokenizer.bin: token %d claims %u bytes at offset %zu",
+                           n, len, pos);
+        pos += 8;
+        for (uint32_t i = 0; i < len; i++) total += buf[pos + i] == ' ' ? 3 : 1;
+        pos += len;
+        n++;
+    }
+    if (n == 0) return cr_fail(err, CR_EFORMAT, "tokenizer.bin: no tokens");
+    size_t nv = (size_t)n;
+    char *blob = tok_alloc(total, 1);
+    const char **toks = tok_alloc(nv, sizeof *toks);
+    uint32_t *lens = tok_alloc(nv, sizeof *lens);
+    float *scores = tok_alloc(nv, sizeof *scores);
+    int32_t *types = tok_alloc(nv, sizeof *types);
+    int rc = CR_OK;
+    if (!blob || !toks || !lens || !scores || !types) {
+        rc = cr_fail(err, CR_ENOMEM, "tokenizer.bin: out of memory for %d tokens", n);
+    } else {
+        size_t o = 0;
+        pos = 4;
+        for (size_t i = 0; i < nv; i++) {
+            uint32_t bits = tok_le32(buf + pos), len = tok_le32(buf + pos + 4);
+            memcpy(&scores[i], &bits, sizeof bits);
+            const unsigned char *s = buf + pos + 8;
+            pos += 8 + (size_t)len;
+            /* llama2.c wraps BOS/EOS in newlines ("\n<s>\n") to keep them apart when printed */
+            if ((i == 1 || i == 2) && len >= 2 && s[0] == '\n' && s[len - 1] == '\n') {
+                s++;
+                len -= 2;
+            }
+            toks[i] = blob + o;
+            for (uint32_t j = 0; j < len; j++) {
+                if (s[j] == ' ') { memcpy(blob + o, "\xE2\x96\x81", 3); o += 3; }
+                else blob[o++] = (char)s[j];
+            }
+            lens[i] = (uint32_t)(blob + o - toks[i]);
+            int byte = i <= 258 && tok_parse_byte(toks[i], lens[i]) >= 0;
+            types[i] = i == 0 ? TOK_T_UNKNOWN : i <= 2 ? TOK_T_CONTROL
+                     : byte ? TOK_T_BYTE : TOK_T_NORMAL;
+        }
+        cr_tokenizer_spec sp;
+        memset(&sp, 0, sizeof sp);
+        sp.kind = CR_TOK_SPM;
+        sp.n_vocab = n;
+        sp.tokens = toks;
+        sp.token_lens = lens;
+        sp.scores = scores;
+        sp.token_types = types;
+        sp.unk_id = 0;
+        sp.bos_id = n > 1 ? 1 : -1;
+        sp.eos_id = n > 2 ? 2 : -1;
+        sp.add_space_prefix = 1;
+        rc = cr_tokenizer_open(&sp, out, err);
+    }
+    free(blob); free(toks); free(lens); free(scores); free(types);
+    return rc;
+}
+
+
 
 /* Arrays that a loader fills and hands to cr_tokenizer_open; strings point into `pool` or a
  * mapped file that outlives the call. */
@@ -2439,6 +3457,11 @@ typedef struct cr_tokvec {
     uint32_t *merge_lens;
     char *pool;                 /* owned text for merges built from JSON pairs */
 } cr_tokvec;
+
+static int cr_cmp_i64(const void *a, const void *b) {
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
+}
 
 static void cr_tokvec_free(cr_tokvec *v) {
     free(v->tokens), free(v->lens), free(v->scores), free(v->types), free(v->merges), free(v->merge_lens), free(v->pool);
@@ -2473,6 +3496,50 @@ static int32_t cr_tokvec_find(const cr_tokvec *v, const char *s) {
     for (int32_t i = 0; i < v->spec.n_vocab; i++)
         if (v->lens[i] == l && memcmp(v->tokens[i], s, l) == 0) return i;
     return -1;
+}
+
+/* The vocabulary of an open tokenizer as arrays (for writing GGUF); merges come back in rank
+ * order, those that could never apply having been dropped at open.  Free with cr_tokvec_free. */
+static int cr_tokenizer_export(const cr_tokenizer *t, cr_tokvec *v, cr_err *err) {
+    int64_t n_merges = 0;
+    for (size_t i = 0; t->mmap && i <= t->mmap_mask; i++) n_merges += t->mmap[i].rank >= 0;
+    int rc = cr_tokvec_alloc(v, t->n_vocab, n_merges, t->given_scores != NULL, "tokenizer", err);
+    if (rc) return rc;
+    for (int32_t i = 0; i < t->n_vocab; i++) {
+        v->tokens[i] = t->text + t->text_off[i];
+        v->lens[i] = (uint32_t)(t->text_off[i + 1] - t->text_off[i]);
+        v->types[i] = t->types[i];
+        if (t->given_scores) v->scores[i] = t->given_scores[i];
+    }
+    /* Each merge is "left right": at most the longest token twice plus a space. */
+    v->pool = cr_malloc((size_t)n_merges, 2 * (size_t)t->max_len + 2);
+    if (!v->pool) { cr_tokvec_free(v); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    size_t pp = 0;
+    /* Sort by rank: collect (rank, slot) pairs. */
+    int64_t k = 0;
+    int64_t *order = cr_malloc((size_t)n_merges + 1, sizeof *order);
+    if (!order) { cr_tokvec_free(v); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    for (size_t i = 0; t->mmap && i <= t->mmap_mask; i++)
+        if (t->mmap[i].rank >= 0) order[k++] = ((int64_t)t->mmap[i].rank << 32) | (int64_t)i;
+    qsort(order, (size_t)k, sizeof *order, cr_cmp_i64);
+    for (int64_t j = 0; j < k; j++) {
+        const struct tok_merge *m = &t->mmap[(uint32_t)order[j]];
+        int32_t a = (int32_t)(m->key >> 32), b = (int32_t)(uint32_t)m->key;
+        size_t la = t->text_off[a + 1] - t->text_off[a], lb = t->text_off[b + 1] - t->text_off[b];
+        char *dst = v->pool + pp;
+        memcpy(dst, t->text + t->text_off[a], la);
+        dst[la] = ' ';
+        memcpy(dst + la + 1, t->text + t->text_off[b], lb);
+        v->merges[j] = dst;
+        v->merge_lens[j] = (uint32_t)(la + 1 + lb);
+        pp += la + 1 + lb;
+    }
+    free(order);
+    v->spec.kind = t->kind;
+    v->spec.pretok = t->pretok;
+    v->spec.bos_id = t->bos_id, v->spec.eos_id = t->eos_id, v->spec.unk_id = t->unk_id;
+    v->spec.add_space_prefix = t->add_space_prefix;
+    return CR_OK;
 }
 
 /* Fills tokens from a JSON object {token: id}; every id must be in range and unique. */
@@ -2793,11 +3860,13 @@ static float *cr_perm_vec(const cr_model *m, const cr_wtensor *proto, const floa
     return out;
 }
 
-int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, const uint32_t *unigram_counts, int32_t n_counts, cr_err *err) {
+int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, int flags, const uint32_t *unigram_counts, int32_t n_counts, cr_err *err) {
     const cr_config *c = &m->cfg;
     if (dtype != CR_F32 && dtype != CR_F16 && dtype != CR_Q8_0) return cr_fail(err, CR_EINVAL, "output dtype must be F32, F16 or Q8_0");
     const char *ga = cr_arch_gguf[c->arch];
     int cap = 16 + 24 * c->n_layers, n = 0, rc = CR_OK;
+    cr_tokvec tv;
+    memset(&tv, 0, sizeof tv);
     cr_wtensor *ts = cr_calloc((size_t)cap, sizeof *ts);
     float **tmp = cr_calloc((size_t)(4 * c->n_layers + 1), sizeof *tmp);
     int n_tmp = 0;
@@ -2811,7 +3880,7 @@ int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, const ui
     cr_wt_add(ts, &n, cap, "output_norm.weight", NULL, m->out_norm_w, c->d_model, 0, dtype);
     cr_wt_add(ts, &n, cap, "output_norm.bias", NULL, m->out_norm_b, c->d_model, 0, dtype);
     /* llama.cpp's gpt2 loader insists on output.weight even when tied. */
-    if (!c->tied_embeddings || c->arch == CR_ARCH_GPT2) cr_wt_add(ts, &n, cap, "output.weight", &m->output, NULL, 0, 0, dtype);
+    if (!c->tied_embeddings || (c->arch == CR_ARCH_GPT2 && !(flags & CR_GGUF_TIED))) cr_wt_add(ts, &n, cap, "output.weight", &m->output, NULL, 0, 0, dtype);
     cr_wt_add(ts, &n, cap, "output.bias", NULL, m->b_out, c->n_vocab, 0, dtype);
     for (int l = 0; l < c->n_layers; l++) {
         const cr_layer *L = &m->layers[l];
@@ -2859,8 +3928,9 @@ int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, const ui
     uint64_t off = 0;
     for (int i = 0; i < n; i++) ts[i].offset = off, off = (off + ts[i].nbytes + align - 1) / align * align;
 
-    cr_tokenizer_spec tsp;
-    int has_tok = m->tok && cr_tokenizer_export(m->tok, &tsp) == CR_OK;
+    if (m->tok && (rc = cr_tokenizer_export(m->tok, &tv, err))) goto done;
+    int has_tok = m->tok != NULL;
+    const cr_tokenizer_spec tsp = tv.spec;
     char key[128];
     int n_kv = 0;
     cr_outfile of;
@@ -2948,6 +4018,7 @@ int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, const ui
     rc = cr_outfile_close(&of, !w.failed, err);
     if (!rc && w.failed) rc = cr_fail(err, CR_EIO, "%s: write failed", path);
 done:
+    cr_tokvec_free(&tv);
     for (int i = 0; i < n_tmp; i++) free(tmp[i]);
     free(tmp), free(ts), free(row), free(enc);
     return rc;
@@ -3004,7 +4075,12 @@ static int cr_eval_rows(const cr_model *m, const cr_rows *rows, int n_threads, i
     cr_session_set_precise(s, precise);
     const int V = m->cfg.n_vocab;
     float *logits = cr_malloc((size_t)rows->ctx * (size_t)V, sizeof *logits);   /* [ctx, V] */
-    if (!logits) { cr_session_close(s); return cr_fail(err, CR_ENOMEM, "out of memory for logits"); }
+    double *pos_loss = cr_malloc((size_t)rows->ctx, sizeof *pos_loss), *pos_ent = cr_malloc((size_t)rows->ctx, sizeof *pos_ent); /* [ctx] */
+    if (!logits || !pos_loss || !pos_ent) {
+        free(logits), free(pos_loss), free(pos_ent);
+        cr_session_close(s);
+        return cr_fail(err, CR_ENOMEM, "out of memory for logits");
+    }
     double sum_loss = 0, sum_ent = 0, t0 = cr_now();
     for (int r = 0; r < rows->n_rows && !rc; r++) {
         const int32_t *ids = rows->ids + (size_t)r * (size_t)rows->ctx;
@@ -3013,13 +4089,16 @@ static int cr_eval_rows(const cr_model *m, const cr_rows *rows, int n_threads, i
         cap.logits = logits;
         if ((rc = cr_forward(s, ids, n, 0, &cap, err))) break;
         res->n_forward += n;
-        for (int t = 0; t + 1 < n; t++) {
+        /* Per-position statistics in parallel, summed in position order so that the result
+         * does not depend on the thread count. */
+#pragma omp parallel for num_threads(s->n_threads) schedule(static)
+        for (int t = 0; t < n - 1; t++) {
             double lse, ent;
             cr_logits_stats(logits + (size_t)t * (size_t)V, V, &lse, &ent);
-            sum_loss += lse - logits[(size_t)t * (size_t)V + (size_t)ids[t + 1]];
-            sum_ent += ent;
-            res->n_predicted++;
+            pos_loss[t] = lse - logits[(size_t)t * (size_t)V + (size_t)ids[t + 1]];
+            pos_ent[t] = ent;
         }
+        for (int t = 0; t < n - 1; t++) sum_loss += pos_loss[t], sum_ent += pos_ent[t], res->n_predicted++;
     }
     res->seconds = cr_now() - t0;
     res->n_rows = rows->n_rows;
@@ -3029,7 +4108,7 @@ static int cr_eval_rows(const cr_model *m, const cr_rows *rows, int n_threads, i
         res->perplexity = exp(res->mean_loss);
         res->tokens_per_s = res->seconds > 0 ? (double)res->n_forward / res->seconds : 0;
     }
-    free(logits);
+    free(logits), free(pos_loss), free(pos_ent);
     cr_session_close(s);
     return rc;
 }
@@ -3512,9 +4591,10 @@ static int cmd_generate(int argc, char **argv) {
 
 /* ---- convert ---- */
 static int cmd_convert(int argc, char **argv) {
-    const char *tokp = NULL, *outp = NULL, *dts = NULL, *pos[1];
+    const char *tokp = NULL, *outp = NULL, *dts = NULL, *tied = NULL, *pos[1];
     int np;
     cli_opt opts[] = {{"-o", 1, &outp, "output .gguf path (required)"}, {"--dtype", 1, &dts, "f32, f16 or q8_0 (default q8_0)"},
+                      {"--tied", 0, &tied, "store a tied GPT-2 unembedding once (smaller; llama.cpp wants it twice)"},
                       {"--tokenizer", 1, &tokp, "tokenizer to embed (default: the model's own)"}, {0}};
     int pr = cli_parse(argc, argv, opts, pos, 1, &np);
     if (pr == 2) return cli_usage("convert", "MODEL -o OUT.gguf [--dtype q8_0]", "Write any loadable model as GGUF v3 (llama.cpp-compatible), tokenizer included.\n"
@@ -3529,7 +4609,7 @@ static int cmd_convert(int argc, char **argv) {
     cr_err err;
     int rc = 0;
     double t0 = cr_now();
-    if (cr_model_write_gguf(m, outp, dtype, NULL, 0, &err)) rc = cli_error("%s", err.msg);
+    if (cr_model_write_gguf(m, outp, dtype, tied ? CR_GGUF_TIED : 0, NULL, 0, &err)) rc = cli_error("%s", err.msg);
     else {
         struct stat st;
         stat(outp, &st);

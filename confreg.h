@@ -110,9 +110,12 @@ size_t cr_model_weight_bytes(const cr_model *m);              /* bytes of mapped
 /* Dtype census: counts of matrices per dtype, indexed by cr_dtype. */
 void cr_model_dtype_counts(const cr_model *m, int counts[4]);
 
-/* Writes the model (and its tokenizer, and optional unigram counts) as GGUF v3.
- * dtype: CR_F32, CR_F16 or CR_Q8_0 (matrices whose rows are not a multiple of 32 stay F16). */
-int cr_model_write_gguf(const cr_model *m, const char *path, int dtype,
+/* Writes the model (and its tokenizer, and optional unigram counts) as GGUF v3, atomically.
+ * dtype: CR_F32, CR_F16 or CR_Q8_0 (matrices whose rows are not a multiple of 32 stay F16).
+ * flags: CR_GGUF_TIED stores a tied GPT-2 unembedding once (by default it is written twice,
+ * because llama.cpp's gpt2 loader requires output.weight). */
+#define CR_GGUF_TIED 1
+int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, int flags,
                         const uint32_t *unigram_counts, int32_t n_counts, cr_err *err);
 
 /* ---- forward pass ---------------------------------------------------------------------- */
