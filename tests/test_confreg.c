@@ -87,6 +87,19 @@ static double t_max_abs_diff(const float *a, const float *b, size_t n) {
 }
 
 /* ---- JSON helpers for the reference files ---- */
+static unsigned char *t_slurp_any(const char *path, size_t *n) {
+    char *s;
+    cr_err e;
+    if (cr_read_file(path, &s, n, &e)) return NULL;
+    return (unsigned char *)s;
+}
+
+static uint32_t cr_f32_bits_t(float f) {
+    uint32_t b;
+    memcpy(&b, &f, 4);
+    return b;
+}
+
 static int t_load_json(const char *path, js_doc *d) {
     char *s;
     size_t n;
