@@ -122,6 +122,7 @@ static uint64_t cr_rng_next_t(uint64_t *st) {
     z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
     return z ^ (z >> 31);
 }
+#include "t_fixtures.inc"
 #include "t_engine.inc"
 #include "t_tokenizer.inc"
 #include "t_badinput.inc"
