@@ -313,6 +313,14 @@ static double cr_now(void) {
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
+/* splitmix64: a small, seedable generator with no global state. */
+static uint64_t cr_rng_next(uint64_t *st) {
+    uint64_t z = (*st += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
 /* Valid UTF-8 check; returns the offset of the first bad byte, or len when all is valid. */
 static size_t cr_utf8_check(const unsigned char *s, size_t len) {
     size_t i = 0;
@@ -1504,6 +1512,13 @@ static const char *const cr_arch_gguf[CR_ARCH_COUNT] = {"gpt2", "llama", "llama"
 
 const char *cr_arch_name(int arch) { return arch >= 0 && arch < CR_ARCH_COUNT ? cr_arch_names[arch] : "unknown"; }
 
+/* Token counts of a corpus (section 7 builds and saves them; GGUF files can carry them). */
+struct cr_unigram {
+    int32_t n_vocab;
+    uint64_t total;
+    uint64_t *counts;            /* [n_vocab] */
+};
+
 typedef struct cr_layer {
     float *attn_norm_w, *attn_norm_b, *ffn_norm_w, *ffn_norm_b;   /* [d] (b: NULL for RMSNorm) */
     cr_mat wqkv;                                                   /* fused [(H+2K)*hd, d], or rows=0 */
@@ -1526,6 +1541,7 @@ struct cr_model {
     int qkv_per_head;              /* fused qkv rows grouped per head as [q k v] (HF GPT-NeoX) */
     int sliding_window;            /* 0: none */
     cr_tokenizer *tok;
+    cr_unigram *unigram;           /* counts carried in GGUF metadata, or NULL */
     void **owned;                  /* small float vectors and realigned copies */
     int n_owned, cap_owned;
     char *path;
@@ -1546,6 +1562,7 @@ static void *cr_model_own(cr_model *m, void *p) {
 
 const cr_config *cr_model_config(const cr_model *m) { return &m->cfg; }
 const cr_tokenizer *cr_model_tokenizer(const cr_model *m) { return m->tok; }
+const cr_unigram *cr_model_unigram(const cr_model *m) { return m->unigram; }
 
 size_t cr_model_weight_bytes(const cr_model *m) {
     size_t s = 0;
@@ -1570,6 +1587,7 @@ void cr_model_dtype_counts(const cr_model *m, int counts[4]) {
 void cr_model_close(cr_model *m) {
     if (!m) return;
     cr_tokenizer_close(m->tok);
+    if (m->unigram) free(m->unigram->counts), free(m->unigram);
     for (int i = 0; i < m->n_owned; i++) free(m->owned[i]);
     free(m->owned);
     free(m->layers);
@@ -1991,6 +2009,15 @@ static int cr_model_open_gguf(cr_model *m, const char *path, cr_err *err) {
         rc = cr_model_build(m, 0, err);
     }
     if (!rc && cr_gguf_find(&g, "tokenizer.ggml.tokens")) rc = cr_tokenizer_from_gguf(&g, &m->tok, err);
+    const cr_gguf_kv *uc = rc ? NULL : cr_gguf_find(&g, "confreg.unigram_counts");
+    if (uc) {
+        if (uc->type != GG_ARR || uc->arr_type != GG_U64 || uc->count != (uint64_t)m->cfg.n_vocab)
+            rc = cr_fail(err, CR_EFORMAT, "%s: confreg.unigram_counts must be %d u64 counts", path, m->cfg.n_vocab);
+        else if (!(m->unigram = calloc(1, sizeof *m->unigram)) || !(m->unigram->counts = cr_malloc((size_t)uc->count, 8)))
+            rc = cr_fail(err, CR_ENOMEM, "out of memory");
+        for (uint64_t i = 0; !rc && i < uc->count; i++) m->unigram->counts[i] = cr_rd64(uc->val + 8 * i), m->unigram->total += m->unigram->counts[i];
+        if (!rc) m->unigram->n_vocab = m->cfg.n_vocab;
+    }
     cr_gguf_free(&g);
     return rc;
 }
@@ -3860,7 +3887,7 @@ static float *cr_perm_vec(const cr_model *m, const cr_wtensor *proto, const floa
     return out;
 }
 
-int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, int flags, const uint32_t *unigram_counts, int32_t n_counts, cr_err *err) {
+int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, int flags, const cr_unigram *unigram, cr_err *err) {
     const cr_config *c = &m->cfg;
     if (dtype != CR_F32 && dtype != CR_F16 && dtype != CR_Q8_0) return cr_fail(err, CR_EINVAL, "output dtype must be F32, F16 or Q8_0");
     const char *ga = cr_arch_gguf[c->arch];
@@ -3990,10 +4017,11 @@ int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, int flag
         if (spm) cr_gw_kv_bool(&w, KEY("tokenizer.ggml.add_space_prefix"), tsp.add_space_prefix);
         cr_gw_kv_bool(&w, KEY("tokenizer.ggml.add_bos_token"), spm);
     }
-    if (unigram_counts && n_counts > 0) {
+    if (!unigram) unigram = m->unigram;
+    if (unigram && unigram->n_vocab == c->n_vocab) {
         cr_gw_key(&w, KEY("confreg.unigram_counts"), GG_ARR);
-        cr_gw_u32(&w, GG_U32), cr_gw_u64(&w, (uint64_t)n_counts);
-        for (int32_t i = 0; i < n_counts; i++) cr_gw_u32(&w, unigram_counts[i]);
+        cr_gw_u32(&w, GG_U64), cr_gw_u64(&w, (uint64_t)unigram->n_vocab);
+        for (int32_t i = 0; i < unigram->n_vocab; i++) cr_gw_u64(&w, unigram->counts[i]);
     }
 #undef KEY
     for (int i = 0; i < n; i++) {
@@ -4110,6 +4138,1315 @@ static int cr_eval_rows(const cr_model *m, const cr_rows *rows, int n_threads, i
     }
     free(logits), free(pos_loss), free(pos_ent);
     cr_session_close(s);
+    return rc;
+}
+
+/* ---- unigram distribution ---------------------------------------------------------------------
+ * Token counts over a corpus tokenized as the model sees it.  File format (little-endian):
+ * "CRUNIGR1", u32 n_vocab, u32 0, u64 total, u64 counts[n_vocab], u64 FNV-1a of the counts. */
+
+void cr_unigram_close(cr_unigram *u) {
+    if (!u) return;
+    free(u->counts);
+    free(u);
+}
+
+int32_t cr_unigram_n_vocab(const cr_unigram *u) { return u->n_vocab; }
+uint64_t cr_unigram_total(const cr_unigram *u) { return u->total; }
+const uint64_t *cr_unigram_counts(const cr_unigram *u) { return u->counts; }
+
+static int cr_unigram_new(int32_t n_vocab, cr_unigram **out, cr_err *err) {
+    *out = NULL;
+    if (n_vocab < 1 || n_vocab > CR_MAX_VOCAB) return cr_fail(err, CR_EINVAL, "unigram: vocabulary size %d out of range", n_vocab);
+    cr_unigram *u = calloc(1, sizeof *u);
+    if (!u || !(u->counts = cr_calloc((size_t)n_vocab, sizeof *u->counts))) {
+        free(u);
+        return cr_fail(err, CR_ENOMEM, "out of memory");
+    }
+    u->n_vocab = n_vocab;
+    *out = u;
+    return CR_OK;
+}
+
+static uint64_t cr_fnv64(const void *p, size_t n, uint64_t h) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* Adds the tokens of UTF-8 text; ids at or beyond the count's vocabulary are an error. */
+int cr_unigram_add_text(cr_unigram *u, const cr_tokenizer *tok, const char *text, size_t len, cr_err *err) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc = cr_tokenizer_encode(tok, text, len, 0, &ids, &n, err);
+    if (rc) return rc;
+    for (size_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= u->n_vocab) { free(ids); return cr_fail(err, CR_EINVAL, "token id %d outside the count's vocabulary of %d", ids[i], u->n_vocab); }
+        u->counts[ids[i]]++;
+    }
+    u->total += n;
+    free(ids);
+    return CR_OK;
+}
+
+int cr_unigram_open_empty(int32_t n_vocab, cr_unigram **out, cr_err *err) { return cr_unigram_new(n_vocab, out, err); }
+
+int cr_unigram_save(const cr_unigram *u, const char *path, cr_err *err) {
+    cr_outfile o;
+    int rc = cr_outfile_open(&o, path, err);
+    if (rc) return rc;
+    cr_gw w = {o.f, 0, 0};
+    cr_gw_bytes(&w, "CRUNIGR1", 8);
+    cr_gw_u32(&w, (uint32_t)u->n_vocab);
+    cr_gw_u32(&w, 0);
+    cr_gw_u64(&w, u->total);
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (int32_t i = 0; i < u->n_vocab; i++) {
+        unsigned char b[8];
+        for (int k = 0; k < 8; k++) b[k] = (unsigned char)(u->counts[i] >> (8 * k));
+        h = cr_fnv64(b, 8, h);
+        cr_gw_bytes(&w, b, 8);
+    }
+    cr_gw_u64(&w, h);
+    return cr_outfile_close(&o, !w.failed, err);
+}
+
+/* n_vocab > 0: the counts must cover exactly this many columns. */
+int cr_unigram_open(const char *path, int32_t n_vocab, cr_unigram **out, cr_err *err) {
+    *out = NULL;
+    cr_map m;
+    int rc = cr_map_open(&m, path, err);
+    if (rc) return rc;
+    const unsigned char *p = m.data;
+    if (m.size < 32 || memcmp(p, "CRUNIGR1", 8) != 0) {
+        cr_map_close(&m);
+        return cr_fail(err, CR_EFORMAT, "%s: not a confreg unigram file (bad magic or truncated)", path);
+    }
+    uint32_t nv = cr_rd32(p + 8);
+    if (nv < 1 || nv > CR_MAX_VOCAB || m.size != 24 + 8ull * nv + 8) {
+        cr_map_close(&m);
+        return cr_fail(err, CR_EFORMAT, "%s: claims %u counts but holds %zu bytes", path, nv, m.size);
+    }
+    if (n_vocab > 0 && (int32_t)nv != n_vocab) {
+        cr_map_close(&m);
+        return cr_fail(err, CR_EINVAL, "%s: counts cover %u tokens but the model's vocabulary is %d", path, nv, n_vocab);
+    }
+    if (cr_fnv64(p + 24, 8ull * nv, 0xcbf29ce484222325ull) != cr_rd64(p + 24 + 8ull * nv)) {
+        cr_map_close(&m);
+        return cr_fail(err, CR_EFORMAT, "%s: checksum mismatch (corrupted counts)", path);
+    }
+    if ((rc = cr_unigram_new((int32_t)nv, out, err))) { cr_map_close(&m); return rc; }
+    uint64_t sum = 0;
+    for (uint32_t i = 0; i < nv; i++) (*out)->counts[i] = cr_rd64(p + 24 + 8ull * i), sum += (*out)->counts[i];
+    uint64_t total = cr_rd64(p + 16);
+    (*out)->total = total;
+    cr_map_close(&m);
+    if (sum != total) {
+        cr_unigram_close(*out);
+        *out = NULL;
+        return cr_fail(err, CR_EFORMAT, "%s: counts sum to %llu but the header says %llu", path, (unsigned long long)sum, (unsigned long long)total);
+    }
+    return CR_OK;
+}
+
+/* log P_freq (add-one smoothed over all columns), its centred version u and v = u/|u|. */
+typedef struct cr_freqdir {
+    int32_t V;
+    double *logp;                /* [V] */
+    float *p;                    /* [V] P_freq */
+    float *v;                    /* [V] unit frequency direction in logit space */
+    double plogp;                /* sum P log P */
+} cr_freqdir;
+
+static void cr_freqdir_free(cr_freqdir *f) { free(f->logp), free(f->p), free(f->v); memset(f, 0, sizeof *f); }
+
+static int cr_freqdir_make(cr_freqdir *f, const cr_unigram *u, cr_err *err) {
+    memset(f, 0, sizeof *f);
+    int32_t V = u->n_vocab;
+    f->V = V;
+    f->logp = cr_malloc((size_t)V, sizeof *f->logp), f->p = cr_malloc((size_t)V, sizeof *f->p), f->v = cr_malloc((size_t)V, sizeof *f->v);
+    if (!f->logp || !f->p || !f->v) { cr_freqdir_free(f); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    double denom = (double)u->total + (double)V, mean = 0, norm = 0;
+    for (int32_t t = 0; t < V; t++) {
+        double pt = ((double)u->counts[t] + 1.0) / denom;
+        f->p[t] = (float)pt;
+        f->logp[t] = log(pt);
+        f->plogp += pt * f->logp[t];
+        mean += f->logp[t];
+    }
+    mean /= V;
+    for (int32_t t = 0; t < V; t++) norm += (f->logp[t] - mean) * (f->logp[t] - mean);
+    norm = sqrt(norm);
+    for (int32_t t = 0; t < V; t++) f->v[t] = norm > 0 ? (float)((f->logp[t] - mean) / norm) : 0.0f;
+    return CR_OK;
+}
+
+/* ---- weight processing (SPEC §2, TransformerLens' defaults) -------------------------------- */
+
+/* The unembedding with the final norm folded in and centred: z = (x~/s) W + b reproduces the
+ * model's logits up to a per-token constant, which no softmax quantity sees. */
+typedef struct cr_unembed {
+    int d, V;
+    float *W;                    /* [d, V] */
+    float *b;                    /* [V] */
+    float *col_norm;             /* [V] |W[:, t]| */
+} cr_unembed;
+
+static void cr_unembed_free(cr_unembed *u) { free(u->W), free(u->b), free(u->col_norm); memset(u, 0, sizeof *u); }
+
+static int cr_unembed_make(const cr_model *m, cr_unembed *u, cr_err *err) {
+    const cr_config *c = &m->cfg;
+    const int d = c->d_model, V = c->n_vocab;
+    memset(u, 0, sizeof *u);
+    u->d = d, u->V = V;
+    u->W = cr_malloc((size_t)d * (size_t)V, sizeof *u->W);
+    u->b = cr_malloc((size_t)V, sizeof *u->b);
+    u->col_norm = cr_malloc((size_t)V, sizeof *u->col_norm);
+    float *row = cr_malloc((size_t)d, sizeof *row);
+    if (!u->W || !u->b || !u->col_norm || !row) { free(row); cr_unembed_free(u); return cr_fail(err, CR_ENOMEM, "out of memory for the %d x %d unembedding", d, V); }
+    for (int t = 0; t < V; t++) {
+        cr_mat_row(&m->output, t, row);
+        double bias = m->b_out ? m->b_out[t] : 0.0, mean = 0;
+        for (int i = 0; i < d; i++) {
+            if (m->out_norm_b) bias += (double)m->out_norm_b[i] * row[i];
+            row[i] *= m->out_norm_w[i];
+            mean += row[i];
+        }
+        mean = c->rms_norm ? 0.0 : mean / d;
+        for (int i = 0; i < d; i++) u->W[(size_t)i * (size_t)V + (size_t)t] = (float)(row[i] - mean);
+        u->b[t] = (float)bias;
+    }
+    free(row);
+    for (int i = 0; i < d; i++) {
+        float *wr = u->W + (size_t)i * (size_t)V;
+        double mean = 0;
+        for (int t = 0; t < V; t++) mean += wr[t];
+        mean /= V;
+        for (int t = 0; t < V; t++) wr[t] = (float)(wr[t] - mean);
+    }
+    double bm = 0;
+    for (int t = 0; t < V; t++) bm += u->b[t];
+    bm /= V;
+    for (int t = 0; t < V; t++) u->b[t] = (float)(u->b[t] - bm);
+    for (int t = 0; t < V; t++) u->col_norm[t] = 0;
+    for (int i = 0; i < d; i++)
+        for (int t = 0; t < V; t++) u->col_norm[t] += u->W[(size_t)i * (size_t)V + (size_t)t] * u->W[(size_t)i * (size_t)V + (size_t)t];
+    for (int t = 0; t < V; t++) u->col_norm[t] = sqrtf(u->col_norm[t]);
+    return CR_OK;
+}
+
+/* out[m, V] = A[m, d] W[d, V].  Blocks of rows and vocabulary columns keep a slice of W hot
+ * in cache while every row of the block uses it. */
+static void cr_times_unembed(const cr_unembed *u, const float *A, int m, float *out, int n_threads) {
+    const int d = u->d, V = u->V, RB = 16, CB = 512;
+    (void)n_threads;
+    const int n_cb = (V + CB - 1) / CB, n_rb = (m + RB - 1) / RB;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) collapse(2)
+    for (int rb = 0; rb < n_rb; rb++)
+        for (int cb = 0; cb < n_cb; cb++) {
+            int r0 = rb * RB, r1 = r0 + RB < m ? r0 + RB : m, c0 = cb * CB, c1 = c0 + CB < V ? c0 + CB : V;
+            for (int r = r0; r < r1; r++) {
+                float *o = out + (size_t)r * (size_t)V;
+                for (int t = c0; t < c1; t++) o[t] = 0;
+            }
+            for (int i = 0; i < d; i++) {
+                const float *wr = u->W + (size_t)i * (size_t)V;
+                for (int r = r0; r < r1; r++) {
+                    float a = A[(size_t)r * (size_t)d + (size_t)i];
+                    float *o = out + (size_t)r * (size_t)V;
+                    for (int t = c0; t < c1; t++) o[t] += a * wr[t];
+                }
+            }
+        }
+}
+
+/* Output vectors of one layer's neurons, [f, d]: column i of the down projection, centred over
+ * d for LayerNorm models (the norm removes that component anyway). */
+static int cr_neuron_outputs(const cr_model *m, int layer, float **out, cr_err *err) {
+    const cr_config *c = &m->cfg;
+    const int d = c->d_model, f = c->d_mlp;
+    float *w = cr_malloc((size_t)f * (size_t)d, sizeof *w), *row = cr_malloc((size_t)f, sizeof *row);
+    if (!w || !row) { free(w), free(row); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    for (int r = 0; r < d; r++) {
+        cr_mat_row(&m->layers[layer].w_down, r, row);
+        for (int i = 0; i < f; i++) w[(size_t)i * (size_t)d + (size_t)r] = row[i];
+    }
+    free(row);
+    if (!c->rms_norm)
+        for (int i = 0; i < f; i++) {
+            float *wi = w + (size_t)i * (size_t)d;
+            double mean = 0;
+            for (int r = 0; r < d; r++) mean += wi[r];
+            mean /= d;
+            for (int r = 0; r < d; r++) wi[r] = (float)(wi[r] - mean);
+        }
+    *out = w;
+    return CR_OK;
+}
+
+/* ============================================================================================
+ * Symmetric eigensolver (double precision)
+ * ============================================================================================
+ *
+ * Public interface (internal to confreg):
+ *
+ *   static int cr_eigh(double *a, int n, double *w);
+ *
+ * a is n x n row-major and symmetric up to rounding (the two triangles are averaged).  On
+ * return row j of a is the unit eigenvector of w[j] and w is ascending.  Returns 0 on success,
+ * 1 if the QR iteration did not converge (60 sweeps for one eigenvalue; non-finite input ends
+ * here), 2 if the 2n doubles of scratch could not be allocated, 3 if n < 0.
+ *
+ * Method: Householder reduction to tridiagonal form, explicit accumulation of the reflectors,
+ * implicit symmetric QR with Wilkinson shifts, selection sort.  Everything is arranged so that
+ * the eigenvectors are the ROWS of the work matrix: the reflectors come from rows, and every
+ * Givens rotation of the QR phase combines two adjacent rows, so all O(n^3) inner loops run
+ * over contiguous memory.
+ */
+
+
+
+static double eigh_dot(const double *x, const double *y, size_t n) {
+    /* Independent partial sums: one chain of dependent adds would be latency bound, and the
+     * compiler may not reassociate floating point on its own. */
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    size_t j = 0;
+    for (; j + 4 <= n; j += 4) {
+        s0 += x[j] * y[j];
+        s1 += x[j + 1] * y[j + 1];
+        s2 += x[j + 2] * y[j + 2];
+        s3 += x[j + 3] * y[j + 3];
+    }
+    for (; j < n; j++) s0 += x[j] * y[j];
+    return (s0 + s1) + (s2 + s3);
+}
+
+/* y += alpha x.  Pairs of elements and restrict let gcc -O2 use packed SSE2 arithmetic. */
+static void eigh_axpy(double *restrict y, const double *restrict x, size_t n, double alpha) {
+    size_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+        y[j] += alpha * x[j];
+        y[j + 1] += alpha * x[j + 1];
+    }
+    if (j < n) y[j] += alpha * x[j];
+}
+
+/* Reduce the lower triangle to T = R A R^T, R = P_2 ... P_{n-1}, P_k = I - u u^T (|u|^2 = 2)
+ * acting on indices 0..k-1.  u_k is left in row k, columns 0..k-1, where it was built from;
+ * u_k[k-1] == 0 marks P_k = I (a real reflector always has that entry nonzero).
+ * d: diagonal of T, e[i] = T[i][i+1].  p: n doubles of scratch. */
+static void eigh_tridiag(double *a, size_t n, double *d, double *e, double *p) {
+    for (size_t k = n - 1; k >= 2 && k < n; k--) {
+        double *u = a + k * n, scale = 0, s2 = 0;
+        d[k] = u[k];
+        for (size_t j = 0; j + 1 < k; j++) scale = fmax(scale, fabs(u[j]));
+        if (scale == 0) {   /* row already tridiagonal: skipping also keeps diagonals exact */
+            e[k - 1] = u[k - 1];
+            u[k - 1] = 0;
+            continue;
+        }
+        /* Work with x/scale so that squaring can neither overflow nor underflow. */
+        scale = fmax(scale, fabs(u[k - 1]));
+        for (size_t j = 0; j < k; j++) {
+            u[j] /= scale;
+            s2 += u[j] * u[j];
+        }
+        /* alpha takes the sign opposite to x[k-1] so that x[k-1] - alpha does not cancel. */
+        double alpha = -copysign(sqrt(s2), u[k - 1]);
+        double f = 1 / sqrt(s2 - alpha * u[k - 1]);   /* |x - alpha e|^2 = 2 (s2 - alpha x) */
+        e[k - 1] = alpha * scale;
+        u[k - 1] -= alpha;
+        for (size_t j = 0; j < k; j++) u[j] *= f;
+        /* p = B u with B the leading k x k block, read from its lower triangle only. */
+        memset(p, 0, k * sizeof *p);
+        for (size_t i = 0; i < k; i++) {
+            const double *ai = a + i * n;
+            double ui = u[i];
+            eigh_axpy(p, ai, i, ui);
+            p[i] += eigh_dot(ai, u, i) + ai[i] * ui;
+        }
+        /* P B P = B - u q^T - q u^T with q = p - (u.p / 2) u. */
+        double half = 0.5 * eigh_dot(u, p, k);
+        for (size_t j = 0; j < k; j++) p[j] -= half * u[j];
+        for (size_t i = 0; i < k; i++) {
+            eigh_axpy(a + i * n, p, i + 1, -u[i]);
+            eigh_axpy(a + i * n, u, i + 1, -p[i]);
+        }
+    }
+    d[0] = a[0];
+    if (n > 1) {
+        d[1] = a[n + 1];
+        e[0] = a[n];
+    }
+}
+
+/* Overwrite a with R = P_2 P_3 ... P_{n-1}, built as M <- M P_k for rising k.  M = P_2..P_{k-1}
+ * only differs from I in its leading (k-1) x (k-1) block, so it can grow in the rows whose u
+ * has already been consumed while u_k, one row further down, is still intact. */
+static void eigh_accumulate(double *a, size_t n) {
+    a[0] = 1;
+    for (size_t m = 1; m < n; m++) {
+        double *am = a + m * n;
+        for (size_t i = 0; i < m; i++) {
+            am[i] = 0;
+            a[i * n + m] = 0;
+        }
+        am[m] = 1;
+        if (m + 1 == n || a[(m + 1) * n + m] == 0) continue;
+        const double *u = a + (m + 1) * n;
+        for (size_t i = 0; i <= m; i++) {
+            double *ai = a + i * n;
+            eigh_axpy(ai, u, m + 1, -eigh_dot(ai, u, m + 1));
+        }
+    }
+}
+
+/* Rows x and y of the eigenvector matrix follow the rotation applied to T (paired like
+ * eigh_axpy for packed arithmetic). */
+static void eigh_rot(double *restrict x, double *restrict y, size_t n, double c, double s) {
+    size_t j = 0;
+    for (; j + 2 <= n; j += 2) {
+        double x0 = x[j], x1 = x[j + 1], y0 = y[j], y1 = y[j + 1];
+        x[j] = c * x0 + s * y0;
+        x[j + 1] = c * x1 + s * y1;
+        y[j] = c * y0 - s * x0;
+        y[j + 1] = c * y1 - s * x1;
+    }
+    if (j < n) {
+        double t = x[j];
+        x[j] = c * t + s * y[j];
+        y[j] = c * y[j] - s * t;
+    }
+}
+
+/* One implicit QR step on the unreduced block l..m of T, chasing the bulge downwards; the
+ * rotations are applied to rows of v (n columns). */
+static void eigh_qr_step(double *d, double *e, double *v, size_t n, size_t l, size_t m) {
+    /* Wilkinson shift: eigenvalue of the trailing 2 x 2 nearer d[m]; written as b * (b / den)
+     * with |den| >= |b| so that no square can overflow. */
+    double delta = 0.5 * (d[m - 1] - d[m]), b = e[m - 1];
+    double mu = d[m] - b * (b / (delta + copysign(hypot(delta, b), delta)));
+    double x = d[l] - mu, z = e[l];
+    for (size_t k = l; k < m; k++) {
+        double r = hypot(x, z), c = 1, s = 0;
+        if (r != 0) {
+            c = x / r;
+            s = z / r;
+        }
+        if (k > l) e[k - 1] = r;
+        double dk = d[k], ek = e[k], dk1 = d[k + 1];
+        d[k] = c * c * dk + 2 * c * s * ek + s * s * dk1;
+        d[k + 1] = s * s * dk - 2 * c * s * ek + c * c * dk1;
+        e[k] = c * s * (dk1 - dk) + (c - s) * (c + s) * ek;
+        if (k + 1 < m) {   /* the rotation spills e[k+1] into the bulge at (k, k+2) */
+            z = s * e[k + 1];
+            e[k + 1] *= c;
+        }
+        x = e[k];
+        eigh_rot(v + k * n, v + (k + 1) * n, n, c, s);
+    }
+}
+
+static int eigh_negligible(const double *d, const double *e, size_t i) {
+    /* Relative to the neighbouring diagonal, which keeps small eigenvalues accurate; the
+     * absolute floor stops subnormal couplings from being chased forever. */
+    return fabs(e[i]) <= DBL_EPSILON * (fabs(d[i]) + fabs(d[i + 1])) || fabs(e[i]) < DBL_MIN;
+}
+
+static int cr_eigh(double *a, int n, double *w) {
+    if (n < 0) return 3;
+    if (n == 0) return 0;
+    size_t N = (size_t)n;
+    double *e = malloc(2 * N * sizeof *e);
+    if (!e) return 2;
+    for (size_t i = 0; i < N; i++)
+        for (size_t j = 0; j < i; j++) a[i * N + j] = 0.5 * (a[i * N + j] + a[j * N + i]);
+    eigh_tridiag(a, N, w, e, e + N);
+    eigh_accumulate(a, N);
+    int rc = 0;
+    for (size_t m = N - 1; m > 0 && rc == 0; m--) {
+        for (int iter = 0;; iter++) {
+            size_t l = m;
+            while (l > 0 && !eigh_negligible(w, e, l - 1)) l--;
+            if (l == m) break;
+            if (iter == 60) {
+                rc = 1;
+                break;
+            }
+            eigh_qr_step(w, e, a, N, l, m);
+        }
+    }
+    free(e);
+    /* Selection sort: O(n) row swaps, O(n^2) in total, negligible next to the rest. */
+    for (size_t i = 0; i + 1 < N && rc == 0; i++) {
+        size_t k = i;
+        for (size_t j = i + 1; j < N; j++)
+            if (w[j] < w[k]) k = j;
+        if (k == i) continue;
+        double t = w[i];
+        w[i] = w[k];
+        w[k] = t;
+        for (size_t j = 0; j < N; j++) {
+            t = a[i * N + j];
+            a[i * N + j] = a[k * N + j];
+            a[k * N + j] = t;
+        }
+    }
+    return rc;
+}
+
+/* Default k for the null space: 12 for d = 768 (GPT-2 small's published choice), else 1%. */
+static int cr_default_k(int d) { return d == 768 ? 12 : (int)ceil(0.01 * d) < 1 ? 1 : (int)ceil(0.01 * d); }
+
+
+/* The k left singular vectors of W with the smallest singular values, [k, d], and all d
+ * singular values in ascending order, from the eigenvectors of W W^T in double precision. */
+static int cr_unembed_svd(const cr_unembed *u, int k, float **null_basis, double **svals, int n_threads, cr_err *err) {
+    const int d = u->d, V = u->V;
+    double *G = cr_calloc((size_t)d * (size_t)d, sizeof *G), *w = cr_malloc((size_t)d, sizeof *w);
+    if (!G || !w) { free(G), free(w); return cr_fail(err, CR_ENOMEM, "out of memory for a %d x %d Gram matrix", d, d); }
+    (void)n_threads;
+#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 4)
+    for (int i = 0; i < d; i++) {
+        const float *wi = u->W + (size_t)i * (size_t)V;
+        for (int j = 0; j <= i; j++) {
+            const float *wj = u->W + (size_t)j * (size_t)V;
+            double s = 0;
+            for (int t = 0; t < V; t++) s += (double)wi[t] * wj[t];
+            G[(size_t)i * (size_t)d + (size_t)j] = G[(size_t)j * (size_t)d + (size_t)i] = s;
+        }
+    }
+    if (cr_eigh(G, d, w)) { free(G), free(w); return cr_fail(err, CR_ERANGE, "eigensolver did not converge on the %d x %d Gram matrix", d, d); }
+    float *nb = cr_malloc((size_t)k * (size_t)d, sizeof *nb);
+    if (!nb) { free(G), free(w); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    for (int j = 0; j < k; j++)
+        for (int i = 0; i < d; i++) nb[(size_t)j * (size_t)d + (size_t)i] = (float)G[(size_t)j * (size_t)d + (size_t)i];
+    for (int i = 0; i < d; i++) w[i] = w[i] > 0 ? sqrt(w[i]) : 0.0;
+    free(G);
+    *null_basis = nb;
+    *svals = w;
+    return CR_OK;
+}
+
+/* ---- per-neuron weight metrics ------------------------------------------------------------ */
+
+typedef struct cr_neuron_row {
+    int layer, index;
+    double norm, logit_var, rho, freq_cos, mean_act;
+    double te, de, ln_frac, dloss_te, dloss_de, dH_te, dH_de, abs_dkl, de_freq, freq_frac;
+    int has_weights, has_freq_cos, has_effects, has_freq_effects;
+    int64_t n_tokens;
+} cr_neuron_row;
+
+/* norm, LogitVar, rho and (with a frequency direction) freq_cos for every neuron of a layer. */
+static int cr_weight_metrics(const cr_model *m, int layer, int k, const cr_unembed *u, const cr_freqdir *fd,
+                             cr_neuron_row *rows, double **svals_out, int n_threads, cr_err *err) {
+    const cr_config *c = &m->cfg;
+    const int d = c->d_model, f = c->d_mlp, V = c->n_vocab;
+    float *w = NULL, *nb = NULL;
+    double *sv = NULL;
+    int rc = cr_neuron_outputs(m, layer, &w, err);
+    if (!rc) rc = cr_unembed_svd(u, k, &nb, &sv, n_threads, err);
+    const int NB = 32;
+    float *g = rc ? NULL : cr_malloc((size_t)NB * (size_t)V, sizeof *g);
+    if (!rc && !g) rc = cr_fail(err, CR_ENOMEM, "out of memory");
+    double fnorm = 0;
+    if (fd) for (int t = 0; t < V; t++) fnorm += (double)fd->v[t] * fd->v[t];
+    for (int i0 = 0; !rc && i0 < f; i0 += NB) {
+        int nbk = i0 + NB < f ? NB : f - i0;
+        cr_times_unembed(u, w + (size_t)i0 * (size_t)d, nbk, g, n_threads);
+#pragma omp parallel for num_threads(n_threads) schedule(static)
+        for (int j = 0; j < nbk; j++) {
+            const float *wi = w + (size_t)(i0 + j) * (size_t)d, *gi = g + (size_t)j * (size_t)V;
+            cr_neuron_row *r = &rows[i0 + j];
+            double n2 = 0;
+            for (int i = 0; i < d; i++) n2 += (double)wi[i] * wi[i];
+            double nrm = sqrt(n2), s1 = 0, s2 = 0, gv = 0, gg = 0, proj = 0;
+            for (int t = 0; t < V; t++) {
+                double cs = u->col_norm[t] > 0 && nrm > 0 ? gi[t] / (nrm * u->col_norm[t]) : 0.0;
+                s1 += cs, s2 += cs * cs;
+                if (fd) gv += (double)gi[t] * fd->v[t], gg += (double)gi[t] * gi[t];
+            }
+            for (int q = 0; q < k; q++) {
+                double pq = 0;
+                for (int i = 0; i < d; i++) pq += (double)nb[(size_t)q * (size_t)d + (size_t)i] * wi[i];
+                proj += pq * pq;
+            }
+            r->layer = layer, r->index = i0 + j;
+            r->norm = nrm;
+            r->logit_var = V > 1 ? (s2 - s1 * s1 / V) / (V - 1) : 0.0;
+            r->rho = nrm > 0 ? sqrt(proj) / nrm : 0.0;
+            r->has_weights = 1;
+            if (fd) r->freq_cos = gg > 0 && fnorm > 0 ? gv / sqrt(gg * fnorm) : 0.0, r->has_freq_cos = 1;
+        }
+    }
+    free(w), free(nb), free(g);
+    if (!rc && svals_out) *svals_out = sv;
+    else free(sv);
+    return rc;
+}
+
+/* ---- mean ablation of final-layer neurons (SPEC §2 and §3) ---------------------------------- */
+
+/* Positions whose effects count: 3 <= pos <= ctx-2 with a next token in the row, and neither
+ * the token nor the next one BOS, EOS or newline. */
+static int cr_token_counts(const int32_t *ids, int n, int pos, int ctx, int32_t bos, int32_t eos, int32_t nl) {
+    if (pos < 3 || pos > ctx - 2 || pos + 1 >= n) return 0;
+    for (int k = 0; k < 2; k++) {
+        int32_t t = ids[pos + k];
+        if (t == bos || t == eos || (nl >= 0 && t == nl)) return 0;
+    }
+    return 1;
+}
+
+typedef struct cr_ablate_spec {
+    int layer;                   /* must be the final layer */
+    const int *neurons;          /* [n_neurons] indices into d_mlp */
+    int n_neurons;
+    const double *mean_act;      /* [d_mlp] fixed means, or NULL to compute them from the rows */
+    const cr_freqdir *fd;        /* NULL: no KL or frequency-mediated columns */
+    int32_t newline_id;          /* -1 if none */
+    int exact_recompute;         /* brute force: patch and re-run, the test oracle */
+    int n_threads;
+    int token_block;             /* tokens per block of the fast path (default 512) */
+} cr_ablate_spec;
+
+/* Sums per neuron, in token order (so thread count never changes a bit). */
+typedef struct cr_ablate_acc {
+    double abs_te, abs_de, te, de, dh_te, dh_de, abs_dkl, abs_freq;
+    int64_t n;
+} cr_ablate_acc;
+
+static void cr_acc_add(cr_ablate_acc *a, double dl_te, double dl_de, double dh_te, double dh_de, double dkl, double dl_f) {
+    a->abs_te += fabs(dl_te), a->abs_de += fabs(dl_de), a->te += dl_te, a->de += dl_de;
+    a->dh_te += dh_te, a->dh_de += dh_de, a->abs_dkl += fabs(dkl), a->abs_freq += fabs(dl_f);
+    a->n++;
+}
+
+static void cr_acc_finish(const cr_ablate_acc *a, int has_freq, cr_neuron_row *r) {
+    double n = a->n ? (double)a->n : 1.0;
+    r->te = a->abs_te / n, r->de = a->abs_de / n;
+    r->ln_frac = r->te > 0 ? 1.0 - r->de / r->te : 0.0;
+    r->dloss_te = a->te / n, r->dloss_de = a->de / n, r->dH_te = a->dh_te / n, r->dH_de = a->dh_de / n;
+    r->n_tokens = a->n;
+    r->has_effects = 1;
+    if (has_freq) {
+        r->abs_dkl = a->abs_dkl / n;
+        r->de_freq = a->abs_freq / n;
+        r->freq_frac = r->te > 0 ? 1.0 - r->de_freq / r->te : 0.0;
+        r->has_freq_effects = 1;
+    }
+}
+
+/* Mean activation of every neuron of `layer` over every token of the rows (BOS included). */
+static int cr_mean_activations(const cr_model *m, const cr_rows *rows, int layer, int n_threads, double *mean, int64_t *n_tokens, cr_err *err) {
+    const int f = m->cfg.d_mlp;
+    cr_session *s;
+    int rc = cr_session_open(m, rows->ctx, n_threads, &s, err);
+    if (rc) return rc;
+    float *act = cr_malloc((size_t)rows->ctx * (size_t)f, sizeof *act);
+    float **mlp = cr_calloc((size_t)m->cfg.n_layers, sizeof *mlp);
+    if (!act || !mlp) { free(act), free(mlp); cr_session_close(s); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    mlp[layer] = act;
+    for (int i = 0; i < f; i++) mean[i] = 0;
+    int64_t cnt = 0;
+    for (int r = 0; r < rows->n_rows && !rc; r++) {
+        cr_capture cap = {0};
+        cap.mlp_post = mlp;
+        int n = rows->len[r];
+        if ((rc = cr_forward(s, rows->ids + (size_t)r * (size_t)rows->ctx, n, 0, &cap, err))) break;
+        for (int t = 0; t < n; t++)
+            for (int i = 0; i < f; i++) mean[i] += act[(size_t)t * (size_t)f + (size_t)i];
+        cnt += n;
+    }
+    for (int i = 0; i < f && cnt; i++) mean[i] /= (double)cnt;
+    if (n_tokens) *n_tokens = cnt;
+    free(act), free(mlp);
+    cr_session_close(s);
+    return rc;
+}
+
+/* Two-pass log-sum-exp and entropy of z = a*inv + bias (+ cf*v) over the vocabulary for the
+ * three variants an ablation needs: TE (inv_t), DE (inv_d) and frequency-restored TE. */
+typedef struct cr_fused_out { double lse_t, h_t, lse_d, h_d, lse_f; } cr_fused_out;
+
+static void cr_fused_ablation_scalar(const float *z0, const float *g, const float *b, const float *v, int V, float delta,
+                                     float inv_t, float inv_d, float cf, cr_fused_out *o) {
+    float mt = -INFINITY, md = -INFINITY, mf = -INFINITY;
+    for (int t = 0; t < V; t++) {
+        float a = z0[t] + delta * g[t], zt = a * inv_t + b[t], zd = a * inv_d + b[t];
+        mt = fmaxf(mt, zt), md = fmaxf(md, zd);
+        if (v) mf = fmaxf(mf, zt + cf * v[t]);
+    }
+    double st = 0, sd = 0, sf = 0, et = 0, ed = 0;
+    for (int t = 0; t < V; t++) {
+        float a = z0[t] + delta * g[t], zt = a * inv_t + b[t] - mt, zd = a * inv_d + b[t] - md;
+        float xt = expf(zt), xd = expf(zd);
+        st += xt, sd += xd, et += (double)xt * zt, ed += (double)xd * zd;
+        if (v) sf += expf(zt + mt + cf * v[t] - mf);
+    }
+    o->lse_t = mt + log(st), o->h_t = log(st) - et / st;
+    o->lse_d = md + log(sd), o->h_d = log(sd) - ed / sd;
+    o->lse_f = v ? mf + log(sf) : 0;
+}
+
+/* Per-token quantities of the clean run, for the rank-1 identity. */
+typedef struct cr_tok_state {
+    float s, inv_s;              /* final-norm scale */
+    int32_t target;
+    double lse, h, zy, zv, zp;   /* clean log-sum-exp, entropy, target logit, <v,z>, <P,z> */
+} cr_tok_state;
+
+static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, const double *mean_act,
+                          cr_ablate_acc *acc, cr_err *err) {
+    const cr_config *c = &m->cfg;
+    const int d = c->d_model, f = c->d_mlp, V = c->n_vocab, L = sp->layer, NS = sp->n_neurons;
+    const int TB = sp->token_block > 0 ? sp->token_block : 512, NB = 16;
+    const cr_freqdir *fd = sp->fd;
+    cr_unembed u;
+    int rc = cr_unembed_make(m, &u, err);
+    if (rc) return rc;
+    float *wall = NULL;
+    if ((rc = cr_neuron_outputs(m, L, &wall, err))) { cr_unembed_free(&u); return rc; }
+    /* Selected neurons' output vectors and their constants. */
+    float *w = cr_malloc((size_t)NS * (size_t)d, sizeof *w);                  /* [NS, d] */
+    double *w2 = cr_malloc((size_t)NS, sizeof *w2);                           /* |w~|^2 */
+    cr_session *s = NULL;
+    float *X = cr_malloc((size_t)TB * (size_t)d, sizeof *X);                  /* [TB, d] centred residuals */
+    float *A = cr_malloc((size_t)TB * (size_t)NS, sizeof *A);                 /* [TB, NS] activations */
+    float *XW = cr_malloc((size_t)TB * (size_t)NS, sizeof *XW);               /* [TB, NS] <x~, w~> */
+    float *Z0 = cr_malloc((size_t)TB * (size_t)V, sizeof *Z0);                /* [TB, V] */
+    float *G = cr_malloc((size_t)NB * (size_t)V, sizeof *G);                  /* [NB, V] */
+    float *gw = cr_malloc((size_t)NB * (size_t)d, sizeof *gw);
+    cr_tok_state *ts = cr_malloc((size_t)TB, sizeof *ts);
+    float *resid = cr_malloc((size_t)rows->ctx * (size_t)d, sizeof *resid), *scale = cr_malloc((size_t)rows->ctx, sizeof *scale);
+    float *act = cr_malloc((size_t)rows->ctx * (size_t)f, sizeof *act);
+    float **mlp = cr_calloc((size_t)c->n_layers, sizeof *mlp);
+    if (!w || !w2 || !X || !A || !XW || !Z0 || !G || !gw || !ts || !resid || !scale || !act || !mlp) { rc = cr_fail(err, CR_ENOMEM, "out of memory for the ablation buffers (token block %d)", TB); goto done; }
+    for (int j = 0; j < NS; j++) {
+        memcpy(w + (size_t)j * (size_t)d, wall + (size_t)sp->neurons[j] * (size_t)d, (size_t)d * sizeof *w);
+        double q = 0;
+        for (int i = 0; i < d; i++) q += (double)w[(size_t)j * d + i] * w[(size_t)j * d + i];
+        w2[j] = q;
+    }
+    double vb = 0, pb = 0;
+    if (fd) for (int t = 0; t < V; t++) vb += (double)fd->v[t] * u.b[t], pb += (double)fd->p[t] * u.b[t];
+    if ((rc = cr_session_open(m, rows->ctx, sp->n_threads, &s, err))) goto done;
+    mlp[L] = act;
+    int r = 0, tok_in_row = 0;
+    const int32_t bos = c->bos_id, eos = c->eos_id;
+    while (r < rows->n_rows) {
+        /* Fill a block of counted tokens from as many rows as it takes. */
+        int nt = 0;
+        while (nt < TB && r < rows->n_rows) {
+            const int32_t *ids = rows->ids + (size_t)r * (size_t)rows->ctx;
+            int n = rows->len[r];
+            if (tok_in_row == 0) {
+                cr_capture cap = {0};
+                cap.resid_final = resid, cap.norm_scale = scale, cap.mlp_post = mlp;
+                if ((rc = cr_forward(s, ids, n, 0, &cap, err))) goto done;
+            }
+            for (; tok_in_row < n && nt < TB; tok_in_row++) {
+                int t = tok_in_row;
+                if (!cr_token_counts(ids, n, t, rows->ctx, bos, eos, sp->newline_id)) continue;
+                float *xt = X + (size_t)nt * (size_t)d;
+                double mean = 0;
+                for (int i = 0; i < d; i++) mean += resid[(size_t)t * d + i];
+                mean = c->rms_norm ? 0.0 : mean / d;
+                for (int i = 0; i < d; i++) xt[i] = (float)(resid[(size_t)t * d + i] - mean);
+                ts[nt].s = scale[t], ts[nt].inv_s = 1.0f / scale[t], ts[nt].target = ids[t + 1];
+                for (int j = 0; j < NS; j++) A[(size_t)nt * NS + j] = act[(size_t)t * f + sp->neurons[j]];
+                nt++;
+            }
+            if (tok_in_row >= n) r++, tok_in_row = 0;
+        }
+        if (nt == 0) break;
+        cr_times_unembed(&u, X, nt, Z0, sp->n_threads);
+#pragma omp parallel for num_threads(sp->n_threads) schedule(static)
+        for (int q = 0; q < nt; q++) {
+            const float *z0 = Z0 + (size_t)q * (size_t)V;
+            cr_tok_state *st = &ts[q];
+            float mx = -INFINITY;
+            for (int t = 0; t < V; t++) mx = fmaxf(mx, z0[t] * st->inv_s + u.b[t]);
+            double se = 0, sez = 0, zv = 0, zp = 0;
+            for (int t = 0; t < V; t++) {
+                float z = z0[t] * st->inv_s + u.b[t] - mx, e = expf(z);
+                se += e, sez += (double)e * z;
+                if (fd) zv += (double)fd->v[t] * z0[t], zp += (double)fd->p[t] * z0[t];
+            }
+            st->lse = mx + log(se), st->h = log(se) - sez / se;
+            st->zy = z0[st->target] * st->inv_s + u.b[st->target];
+            st->zv = zv, st->zp = zp;   /* of z0; scaled per variant below */
+            for (int j = 0; j < NS; j++) XW[(size_t)q * NS + j] = cr_dot_f32(X + (size_t)q * d, w + (size_t)j * d, d);
+        }
+        for (int j0 = 0; j0 < NS; j0 += NB) {
+            int nb = j0 + NB < NS ? NB : NS - j0;
+            cr_times_unembed(&u, w + (size_t)j0 * (size_t)d, nb, G, sp->n_threads);
+#pragma omp parallel for num_threads(sp->n_threads) schedule(dynamic, 1)
+            for (int j = 0; j < nb; j++) {
+                const int J = j0 + j;
+                const float *g = G + (size_t)j * (size_t)V;
+                double gv = 0, gp = 0;
+                if (fd) for (int t = 0; t < V; t++) gv += (double)fd->v[t] * g[t], gp += (double)fd->p[t] * g[t];
+                const double abar = mean_act[sp->neurons[J]];
+                for (int q = 0; q < nt; q++) {
+                    const cr_tok_state *st = &ts[q];
+                    const float *z0 = Z0 + (size_t)q * (size_t)V;
+                    double delta = abar - A[(size_t)q * NS + J];
+                    double s2 = (double)st->s * st->s, s2t = s2 + (2.0 * delta * XW[(size_t)q * NS + J] + delta * delta * w2[J]) / d;
+                    double inv_t = 1.0 / sqrt(s2t), inv_d = st->inv_s;
+                    double ay = z0[st->target] + delta * g[st->target];
+                    double zty = ay * inv_t + u.b[st->target], zdy = ay * inv_d + u.b[st->target];
+                    double cf = 0, ztv = 0;
+                    if (fd) {
+                        double zcv = st->zv * st->inv_s + vb;           /* <v, z_clean> */
+                        ztv = (st->zv + delta * gv) * inv_t + vb;       /* <v, z_TE> */
+                        cf = zcv - ztv;
+                    }
+                    cr_fused_out o;
+                    cr_fused_ablation_scalar(z0, g, u.b, fd ? fd->v : NULL, V, (float)delta, (float)inv_t, (float)inv_d, (float)cf, &o);
+                    double l0 = st->lse - st->zy, lt = o.lse_t - zty, ld = o.lse_d - zdy;
+                    double dkl = 0, lf = 0;
+                    if (fd) {
+                        /* KL(P||p) = sum P log P - <P, z> + lse */
+                        double kl0 = fd->plogp - (st->zp * st->inv_s + pb) + st->lse;
+                        double klt = fd->plogp - ((st->zp + delta * gp) * inv_t + pb) + o.lse_t;
+                        dkl = klt - kl0;
+                        lf = o.lse_f - (zty + cf * fd->v[st->target]);
+                    }
+                    cr_acc_add(&acc[J], lt - l0, ld - l0, o.h_t - st->h, o.h_d - st->h, dkl, fd ? lf - l0 : 0);
+                }
+            }
+        }
+    }
+done:
+    free(w), free(w2), free(X), free(A), free(XW), free(Z0), free(G), free(gw), free(ts), free(resid), free(scale), free(act), free(mlp), free(wall);
+    cr_session_close(s);
+    cr_unembed_free(&u);
+    return rc;
+}
+
+/* The brute-force oracle: set the neuron to its mean through the forward pass's edit hook,
+ * re-run, and read every quantity off the recomputed logits. */
+typedef struct cr_set_neuron { int layer, neuron; float value; } cr_set_neuron;
+static void cr_set_neuron_hook(void *user, int layer, int pos0, int n, int d_mlp, float *act) {
+    const cr_set_neuron *sn = user;
+    (void)pos0;
+    if (layer != sn->layer) return;
+    for (int t = 0; t < n; t++) act[(size_t)t * (size_t)d_mlp + (size_t)sn->neuron] = sn->value;
+}
+
+static void cr_stats_of(const float *z, int V, const cr_freqdir *fd, double *lse, double *h, double *kl) {
+    cr_logits_stats(z, V, lse, h);
+    if (fd && kl) {
+        double pz = 0;
+        for (int t = 0; t < V; t++) pz += (double)fd->p[t] * z[t];
+        *kl = fd->plogp - pz + *lse;
+    }
+}
+
+static int cr_ablate_brute(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, const double *mean_act,
+                           cr_ablate_acc *acc, cr_err *err) {
+    const cr_config *c = &m->cfg;
+    const int d = c->d_model, V = c->n_vocab, P = rows->ctx;
+    const cr_freqdir *fd = sp->fd;
+    cr_session *s;
+    int rc = cr_session_open(m, P, sp->n_threads, &s, err);
+    if (rc) return rc;
+    float *z0 = cr_malloc((size_t)P * (size_t)V, sizeof *z0), *z1 = cr_malloc((size_t)P * (size_t)V, sizeof *z1);
+    float *sc0 = cr_malloc((size_t)P, sizeof *sc0), *x1 = cr_malloc((size_t)P * (size_t)d, sizeof *x1);
+    float *h = cr_malloc((size_t)d, sizeof *h), *zd = cr_malloc((size_t)V, sizeof *zd), *zf = cr_malloc((size_t)V, sizeof *zf);
+    float *orow = cr_malloc((size_t)V * (size_t)d, sizeof *orow);
+    if (!z0 || !z1 || !sc0 || !x1 || !h || !zd || !zf || !orow) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+    for (int t = 0; t < V; t++) cr_mat_row(&m->output, t, orow + (size_t)t * (size_t)d);
+    for (int r = 0; r < rows->n_rows && !rc; r++) {
+        const int32_t *ids = rows->ids + (size_t)r * (size_t)rows->ctx;
+        int n = rows->len[r];
+        cr_capture cap = {0};
+        cap.logits = z0, cap.norm_scale = sc0;
+        if ((rc = cr_forward(s, ids, n, 0, &cap, err))) break;
+        for (int j = 0; j < sp->n_neurons && !rc; j++) {
+            cr_set_neuron sn = {sp->layer, sp->neurons[j], (float)mean_act[sp->neurons[j]]};
+            cr_capture ce = {0};
+            ce.logits = z1, ce.resid_final = x1, ce.mlp_edit = cr_set_neuron_hook, ce.user = &sn;
+            if ((rc = cr_forward(s, ids, n, 0, &ce, err))) break;
+            for (int t = 0; t < n; t++) {
+                if (!cr_token_counts(ids, n, t, rows->ctx, c->bos_id, c->eos_id, sp->newline_id)) continue;
+                const float *zc = z0 + (size_t)t * V, *zt = z1 + (size_t)t * V;
+                int32_t y = ids[t + 1];
+                double lse0, h0, kl0 = 0, lse1, h1, kl1 = 0, lsed, hd, lsef = 0, hf;
+                cr_stats_of(zc, V, fd, &lse0, &h0, &kl0);
+                cr_stats_of(zt, V, fd, &lse1, &h1, &kl1);
+                /* Direct effect: recompute the final norm with the clean scale. */
+                const float *xt = x1 + (size_t)t * d;
+                double mean = 0;
+                for (int i = 0; i < d; i++) mean += xt[i];
+                mean = c->rms_norm ? 0.0 : mean / d;
+                for (int i = 0; i < d; i++) h[i] = (float)((xt[i] - mean) / sc0[t]) * m->out_norm_w[i] + (m->out_norm_b ? m->out_norm_b[i] : 0.0f);
+                for (int v = 0; v < V; v++) zd[v] = cr_dot_f32(orow + (size_t)v * d, h, d) + (m->b_out ? m->b_out[v] : 0.0f);
+                cr_logits_stats(zd, V, &lsed, &hd);
+                double lf = 0;
+                if (fd) {
+                    double cv = 0, tv = 0;
+                    for (int v = 0; v < V; v++) cv += (double)fd->v[v] * zc[v], tv += (double)fd->v[v] * zt[v];
+                    for (int v = 0; v < V; v++) zf[v] = zt[v] + (float)(cv - tv) * fd->v[v];
+                    cr_logits_stats(zf, V, &lsef, &hf);
+                    lf = lsef - zf[y];
+                }
+                double l0 = lse0 - zc[y];
+                cr_acc_add(&acc[j], (lse1 - zt[y]) - l0, (lsed - zd[y]) - l0, h1 - h0, hd - h0, kl1 - kl0, fd ? lf - l0 : 0);
+            }
+        }
+    }
+done:
+    free(z0), free(z1), free(sc0), free(x1), free(h), free(zd), free(zf), free(orow);
+    cr_session_close(s);
+    return rc;
+}
+
+/* Runs the scan; rows_out[j] receives neuron sp->neurons[j]'s effects and mean activation. */
+static int cr_ablate(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, cr_neuron_row *out, int64_t *mean_tokens, cr_err *err) {
+    const cr_config *c = &m->cfg;
+    if (sp->layer != c->n_layers - 1)
+        return cr_fail(err, CR_EINVAL, "layer %d: ablation acts through the final norm, so only final-layer (%d) neurons are supported", sp->layer, c->n_layers - 1);
+    for (int j = 0; j < sp->n_neurons; j++)
+        if (sp->neurons[j] < 0 || sp->neurons[j] >= c->d_mlp)
+            return cr_fail(err, CR_EINVAL, "neuron %d.%d is out of range (layer %d has %d neurons)", sp->layer, sp->neurons[j], sp->layer, c->d_mlp);
+    if (sp->fd && sp->fd->V != c->n_vocab)
+        return cr_fail(err, CR_EINVAL, "unigram counts cover %d tokens but the model's vocabulary is %d", sp->fd->V, c->n_vocab);
+    double *mean = cr_malloc((size_t)c->d_mlp, sizeof *mean);
+    cr_ablate_acc *acc = cr_calloc((size_t)(sp->n_neurons > 0 ? sp->n_neurons : 1), sizeof *acc);
+    if (!mean || !acc) { free(mean), free(acc); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    int rc = CR_OK;
+    if (sp->mean_act) memcpy(mean, sp->mean_act, (size_t)c->d_mlp * sizeof *mean);
+    else rc = cr_mean_activations(m, rows, sp->layer, sp->n_threads, mean, mean_tokens, err);
+    if (!rc) rc = sp->exact_recompute ? cr_ablate_brute(m, rows, sp, mean, acc, err) : cr_ablate_fast(m, rows, sp, mean, acc, err);
+    for (int j = 0; !rc && j < sp->n_neurons; j++) {
+        out[j].layer = sp->layer, out[j].index = sp->neurons[j];
+        out[j].mean_act = mean[sp->neurons[j]];
+        cr_acc_finish(&acc[j], sp->fd != NULL, &out[j]);
+    }
+    free(mean), free(acc);
+    return rc;
+}
+
+/* ---- synthetic models with planted neurons ------------------------------------------------------
+ * A random GPT-2 or Llama-architecture model into which two final-layer neurons are planted:
+ * an entropy neuron whose output vector lies in a subspace the unembedding cannot see (so it
+ * acts only through the final norm's scale), and a token-frequency neuron whose output moves
+ * every logit along the log-unigram direction of the model's own Zipf-like token distribution,
+ * which is stored with the model.  Used by the tests, the benchmarks and the classroom. */
+
+typedef struct cr_synth_spec {
+    int arch;                    /* CR_ARCH_GPT2 or CR_ARCH_LLAMA */
+    int n_layers, d_model, n_heads, d_mlp, n_vocab, n_ctx;
+    uint64_t seed;
+    const cr_tokenizer *tok;     /* its vocabulary is used when given; else a byte-level one */
+    int entropy_neuron, freq_neuron;
+} cr_synth_spec;
+
+static double cr_gauss(uint64_t *st) {
+    double u1 = ((double)(cr_rng_next(st) >> 11) + 0.5) * (1.0 / 9007199254740992.0);
+    double u2 = (double)(cr_rng_next(st) >> 11) * (1.0 / 9007199254740992.0);
+    return sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
+}
+
+static float *cr_synth_gauss(cr_model *m, size_t n, double sd, uint64_t *st) {
+    float *p = cr_model_own(m, cr_malloc(n, sizeof(float)));
+    for (size_t i = 0; p && i < n; i++) p[i] = (float)(sd * cr_gauss(st));
+    return p;
+}
+
+static float *cr_synth_const(cr_model *m, size_t n, float v) {
+    float *p = cr_model_own(m, cr_malloc(n, sizeof(float)));
+    for (size_t i = 0; p && i < n; i++) p[i] = v;
+    return p;
+}
+
+static cr_mat cr_synth_mat(float *data, int64_t rows, int64_t cols) {
+    cr_mat w = {CR_F32, rows, cols, (const unsigned char *)data, 0};
+    return w;
+}
+
+/* Makes v (length d) a unit vector orthogonal to the n_basis unit rows of basis (and to the
+ * all-ones direction when centre is set), by Gram-Schmidt twice for accuracy. */
+static void cr_orthonormalize(double *v, int d, const double *basis, int n_basis, int centre) {
+    for (int pass = 0; pass < 2; pass++) {
+        if (centre) {
+            double mean = 0;
+            for (int i = 0; i < d; i++) mean += v[i];
+            for (int i = 0; i < d; i++) v[i] -= mean / d;
+        }
+        for (int j = 0; j < n_basis; j++) {
+            double p = 0;
+            for (int i = 0; i < d; i++) p += v[i] * basis[(size_t)j * d + i];
+            for (int i = 0; i < d; i++) v[i] -= p * basis[(size_t)j * d + i];
+        }
+    }
+    double n2 = 0;
+    for (int i = 0; i < d; i++) n2 += v[i] * v[i];
+    for (int i = 0; i < d; i++) v[i] /= sqrt(n2);
+}
+
+/* A byte-level BPE vocabulary without merges: one token per byte (GPT-2's byte alphabet),
+ * then <|endoftext|>, then padding up to n_vocab. */
+static int cr_synth_tokenizer(int n_vocab, cr_tokenizer **out, cr_err *err) {
+    cr_tokvec v;
+    int rc = cr_tokvec_alloc(&v, n_vocab, 0, 0, "synth", err);
+    if (rc) return rc;
+    v.pool = cr_malloc((size_t)n_vocab, 24);
+    if (!v.pool) { cr_tokvec_free(&v); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    size_t pp = 0;
+    for (int b = 0, extra = 0; b < 256; b++) {
+        int printable = (b >= 0x21 && b <= 0x7e) || (b >= 0xa1 && b <= 0xac) || b >= 0xae;
+        uint32_t cp = printable ? (uint32_t)b : 256u + (uint32_t)extra++;
+        char *dst = v.pool + pp;
+        size_t n = cp < 0x80 ? 1 : 2;
+        if (n == 1) dst[0] = (char)cp;
+        else dst[0] = (char)(0xc0 | (cp >> 6)), dst[1] = (char)(0x80 | (cp & 0x3f));
+        v.tokens[b] = dst, v.lens[b] = (uint32_t)n;
+        pp += n;
+    }
+    v.tokens[256] = "<|endoftext|>", v.lens[256] = 13, v.types[256] = 3;
+    for (int t = 257; t < n_vocab; t++) {
+        char *dst = v.pool + pp;
+        int n = snprintf(dst, 24, "<|pad%d|>", t);
+        v.tokens[t] = dst, v.lens[t] = (uint32_t)n, v.types[t] = 5;
+        pp += (size_t)n + 1;
+    }
+    v.spec.kind = CR_TOK_BYTE_BPE;
+    v.spec.pretok = CR_PRE_GPT2;
+    v.spec.bos_id = v.spec.eos_id = 256;
+    rc = cr_tokenizer_open(&v.spec, out, err);
+    cr_tokvec_free(&v);
+    return rc;
+}
+
+static int cr_synth(const cr_synth_spec *sp, cr_model **out, cr_err *err) {
+    *out = NULL;
+    const int d = sp->d_model, f = sp->d_mlp, L = sp->n_layers, H = sp->n_heads;
+    int V = sp->n_vocab;
+    if (sp->arch != CR_ARCH_GPT2 && sp->arch != CR_ARCH_LLAMA) return cr_fail(err, CR_EINVAL, "synth: architecture must be gpt2 or llama");
+    if (d < 8 || d > 8192 || f < 4 || f > 65536 || L < 1 || L > 64 || H < 1 || d % H || (d / H) % 2 || V > CR_MAX_VOCAB || sp->n_ctx < 8 || sp->n_ctx > 8192)
+        return cr_fail(err, CR_EINVAL, "synth: implausible sizes (d %d, d_mlp %d, layers %d, heads %d, vocab %d, ctx %d)", d, f, L, H, V, sp->n_ctx);
+    if (sp->tok && cr_tokenizer_n_vocab(sp->tok) > V) V = cr_tokenizer_n_vocab(sp->tok);
+    if (!sp->tok && V < 257) V = 257;
+    int e = sp->entropy_neuron, q = sp->freq_neuron;
+    if (e < 0 || e >= f || q < 0 || q >= f || e == q) return cr_fail(err, CR_EINVAL, "synth: planted neurons %d and %d must be distinct and below d_mlp %d", e, q, f);
+    cr_model *m = calloc(1, sizeof *m);
+    if (!m) return cr_fail(err, CR_ENOMEM, "out of memory");
+    m->path = cr_strndup("synth", 5);
+    cr_config *c = &m->cfg;
+    c->arch = sp->arch, c->n_layers = L, c->d_model = d, c->n_heads = H, c->n_kv_heads = H, c->head_dim = d / H;
+    c->d_mlp = f, c->n_vocab = V, c->n_ctx = sp->n_ctx, c->tied_embeddings = 1, c->source_format = "synth";
+    int gpt2 = sp->arch == CR_ARCH_GPT2;
+    c->rms_norm = !gpt2, c->norm_eps = 1e-5f, c->gated_mlp = !gpt2, c->act = gpt2 ? 1 : 2;
+    c->rotary_dims = gpt2 ? 0 : d / H, c->rope_theta = 10000.0f;
+    uint64_t st = sp->seed ? sp->seed : 1;
+    int rc = CR_OK;
+    /* Zipf-like unigram distribution over a seeded permutation of the ids. */
+    m->unigram = calloc(1, sizeof *m->unigram);
+    int32_t *perm = cr_malloc((size_t)V, sizeof *perm);
+    double *u = cr_malloc((size_t)V, sizeof *u);
+    int k_null = cr_default_k(d) - (gpt2 ? 1 : 0);   /* LayerNorm adds the all-ones null direction */
+    if (k_null < 1) k_null = 1;
+    double *basis = cr_malloc((size_t)(k_null + 1) * (size_t)d, sizeof *basis), *vec = cr_malloc((size_t)d, sizeof *vec);
+    if (!m->unigram || !(m->unigram->counts = cr_calloc((size_t)V, 8)) || !perm || !u || !basis || !vec) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+    for (int t = 0; t < V; t++) perm[t] = t;
+    for (int t = V - 1; t > 0; t--) { int j = (int)(cr_rng_next(&st) % (uint64_t)(t + 1)); int32_t x = perm[t]; perm[t] = perm[j]; perm[j] = x; }
+    m->unigram->n_vocab = V;
+    for (int r = 0; r < V; r++) {
+        uint64_t cnt = (uint64_t)floor(1e7 / pow(r + 1.0, 1.1));
+        m->unigram->counts[perm[r]] = cnt;
+        m->unigram->total += cnt;
+    }
+    double um = 0, un = 0;
+    for (int t = 0; t < V; t++) u[t] = log(((double)m->unigram->counts[t] + 1.0) / ((double)m->unigram->total + V)), um += u[t];
+    for (int t = 0; t < V; t++) u[t] -= um / V, un += u[t] * u[t];
+    un = sqrt(un / V);
+    /* Null directions (rows 0..k_null-1) and the frequency direction (row k_null). */
+    for (int j = 0; j <= k_null; j++) {
+        for (int i = 0; i < d; i++) vec[i] = cr_gauss(&st);
+        cr_orthonormalize(vec, d, basis, j, gpt2);
+        memcpy(basis + (size_t)j * d, vec, (size_t)d * sizeof *vec);
+    }
+    const double se = 1.0 / sqrt(d);
+    float *wte = cr_synth_gauss(m, (size_t)V * d, se, &st);
+    if (!wte) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+    const double *fdir = basis + (size_t)k_null * d;
+    for (int t = 0; t < V; t++) {
+        float *row = wte + (size_t)t * d;
+        for (int j = 0; j < k_null; j++) {
+            double p = 0;
+            for (int i = 0; i < d; i++) p += row[i] * basis[(size_t)j * d + i];
+            for (int i = 0; i < d; i++) row[i] -= (float)(p * basis[(size_t)j * d + i]);
+        }
+        /* The unembedding reads log-frequency along fdir. */
+        for (int i = 0; i < d; i++) row[i] += (float)(3.0 * se * u[t] / un * fdir[i]);
+    }
+    m->tok_embd = cr_synth_mat(wte, V, d);
+    m->output = m->tok_embd;
+    if (gpt2) {
+        float *wpe = cr_synth_gauss(m, (size_t)sp->n_ctx * d, 0.1 * se, &st);
+        m->pos_embd = cr_synth_mat(wpe, sp->n_ctx, d);
+    }
+    m->out_norm_w = cr_synth_const(m, (size_t)d, 1.0f);
+    if (gpt2) m->out_norm_b = cr_synth_const(m, (size_t)d, 0.0f);
+    m->layers = cr_calloc((size_t)L, sizeof *m->layers);
+    if (!m->layers) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+    const double s_out = 0.5 / sqrt((double)f * L);
+    for (int l = 0; l < L; l++) {
+        cr_layer *Ly = &m->layers[l];
+        Ly->attn_norm_w = cr_synth_const(m, (size_t)d, 1.0f), Ly->ffn_norm_w = cr_synth_const(m, (size_t)d, 1.0f);
+        if (gpt2) Ly->attn_norm_b = cr_synth_const(m, (size_t)d, 0.0f), Ly->ffn_norm_b = cr_synth_const(m, (size_t)d, 0.0f);
+        Ly->wq = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, se, &st), d, d);
+        Ly->wk = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, se, &st), d, d);
+        Ly->wv = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, se, &st), d, d);
+        Ly->wo = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, 0.5 / sqrt((double)d * L), &st), d, d);
+        float *win = cr_synth_gauss(m, (size_t)f * d, se, &st), *wdown = cr_synth_gauss(m, (size_t)d * f, s_out, &st);
+        Ly->w_up = cr_synth_mat(win, f, d);
+        if (!gpt2) Ly->w_gate = cr_synth_mat(cr_synth_gauss(m, (size_t)f * d, se, &st), f, d);
+        Ly->w_down = cr_synth_mat(wdown, d, f);
+        if (gpt2) Ly->b_up = cr_synth_const(m, (size_t)f, 0.0f), Ly->b_down = cr_synth_const(m, (size_t)d, 0.0f);
+        if (!win || !wdown || !Ly->wq.data || !Ly->wk.data || !Ly->wv.data || !Ly->wo.data || (!gpt2 && !Ly->w_gate.data)) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+        if (l != L - 1) continue;
+        /* Planting: large output vectors, inputs strong enough that the activations vary. */
+        double typical = s_out * sqrt((double)d);
+        for (int i = 0; i < d; i++) {
+            wdown[(size_t)i * f + (size_t)e] = (float)(10.0 * typical * basis[i]);
+            wdown[(size_t)i * f + (size_t)q] = (float)(6.0 * typical * fdir[i]);
+        }
+        for (int i = 0; i < d; i++) {
+            win[(size_t)e * d + (size_t)i] *= 2.5f, win[(size_t)q * d + (size_t)i] *= 2.5f;
+            if (!gpt2) {
+                float *g = (float *)(uintptr_t)Ly->w_gate.data;
+                g[(size_t)e * d + (size_t)i] *= 2.5f, g[(size_t)q * d + (size_t)i] *= 2.5f;
+            }
+        }
+    }
+    if (sp->tok) {
+        cr_tokvec tv;
+        if (!(rc = cr_tokenizer_export(sp->tok, &tv, err))) {
+            rc = cr_tokenizer_open(&tv.spec, &m->tok, err);
+            cr_tokvec_free(&tv);
+        }
+    } else {
+        rc = cr_synth_tokenizer(V, &m->tok, err);
+    }
+    if (!rc) c->bos_id = cr_tokenizer_bos(m->tok), c->eos_id = cr_tokenizer_eos(m->tok);
+done:
+    free(perm), free(u), free(basis), free(vec);
+    if (rc) cr_model_close(m);
+    else *out = m;
+    return rc;
+}
+
+/* ---- induction (SPEC §2) ---------------------------------------------------------------------
+ * Sequences [BOS] + S + S.  Per position: entropy, loss and the selected neurons' activations;
+ * clip ablation of each neuron towards its first-copy mean; induction-head scores on random
+ * repeats; BOS ablation of chosen heads at each second-copy position, re-run exactly with the
+ * key/value cache (positions before p are unaffected by an edit at p). */
+
+typedef struct cr_induction_spec {
+    int N;                       /* length of S */
+    int n_seqs;
+    const int32_t *seqs;         /* [n_seqs, N] the S of each sequence */
+    const int32_t *random_seqs;  /* [n_random, N] random R for head scores */
+    int n_random;
+    const int *neurons;          /* final-layer neuron indices */
+    int n_neurons;
+    const int *bos_heads;        /* [n_bos_heads, 2] (layer, head) */
+    int n_bos_heads;
+    int n_threads;
+} cr_induction_spec;
+
+typedef struct cr_induction_result {
+    int T;                       /* 1 + 2N positions */
+    double *entropy, *loss;      /* [T] means over sequences (loss at T-1 is 0: nothing to predict) */
+    double *act;                 /* [n_neurons, T] mean activations */
+    int *rises;                  /* [n_neurons] 1 if the activation rises on the second copy */
+    double *first_mean;          /* [n_neurons] clip value: mean over the first copy (BOS included) */
+    double *h_ratio, *l_ratio;   /* [n_neurons, T] mean over sequences of H_after/H_before, L_after/L_before */
+    double *clip_entropy;        /* [n_neurons, T] mean entropy after the clip */
+    double *head_score;          /* [n_layers, n_heads] */
+    /* BOS ablation, [n_bos_heads, 8]: clean and ablated means over second-copy positions of
+     * activation of neuron 0, final-norm scale, entropy, loss. */
+    double *bos;
+} cr_induction_result;
+
+static void cr_induction_result_free(cr_induction_result *r) {
+    free(r->entropy), free(r->loss), free(r->act), free(r->rises), free(r->first_mean), free(r->h_ratio), free(r->l_ratio);
+    free(r->clip_entropy), free(r->head_score), free(r->bos);
+    memset(r, 0, sizeof *r);
+}
+
+typedef struct cr_clip_edit { int layer; const int *neurons; int n; int which; double value; int rises; } cr_clip_edit;
+static void cr_clip_hook(void *user, int layer, int pos0, int n, int d_mlp, float *act) {
+    const cr_clip_edit *ce = user;
+    (void)pos0;
+    if (layer != ce->layer) return;
+    int i = ce->neurons[ce->which];
+    for (int t = 0; t < n; t++) {
+        float *a = &act[(size_t)t * (size_t)d_mlp + (size_t)i];
+        *a = ce->rises ? fminf(*a, (float)ce->value) : fmaxf(*a, (float)ce->value);
+    }
+}
+
+typedef struct cr_bos_edit { int layer, head; } cr_bos_edit;
+static void cr_bos_hook(void *user, int layer, int pos0, int n, int n_keys, int n_heads, float *probs) {
+    const cr_bos_edit *be = user;
+    (void)pos0, (void)n_heads;
+    if (layer != be->layer) return;
+    for (int t = 0; t < n; t++) {
+        float *row = probs + ((size_t)be->head * (size_t)n + (size_t)t) * (size_t)n_keys;
+        for (int j = 0; j < n_keys; j++) row[j] = j == 0 ? 1.0f : 0.0f;
+    }
+}
+
+static void cr_seq_stats(const float *logits, int V, const int32_t *ids, int T, double *h, double *l) {
+    for (int t = 0; t < T; t++) {
+        double lse, ent;
+        cr_logits_stats(logits + (size_t)t * (size_t)V, V, &lse, &ent);
+        h[t] = ent;
+        l[t] = t + 1 < T ? lse - logits[(size_t)t * (size_t)V + (size_t)ids[t + 1]] : 0.0;
+    }
+}
+
+static int cr_induction(const cr_model *m, const cr_induction_spec *sp, cr_induction_result *res, cr_err *err) {
+    const cr_config *c = &m->cfg;
+    const int N = sp->N, T = 1 + 2 * N, V = c->n_vocab, f = c->d_mlp, Lf = c->n_layers - 1, NN = sp->n_neurons, H = c->n_heads;
+    memset(res, 0, sizeof *res);
+    if (N < 2 || T > c->n_ctx) return cr_fail(err, CR_EINVAL, "induction: [BOS] + 2 x %d tokens does not fit the context of %d", N, c->n_ctx);
+    if (c->bos_id < 0) return cr_fail(err, CR_EINVAL, "induction needs a BOS token");
+    for (int j = 0; j < NN; j++)
+        if (sp->neurons[j] < 0 || sp->neurons[j] >= f) return cr_fail(err, CR_EINVAL, "neuron %d.%d out of range", Lf, sp->neurons[j]);
+    for (int j = 0; j < sp->n_bos_heads; j++)
+        if (sp->bos_heads[2 * j] < 0 || sp->bos_heads[2 * j] >= c->n_layers || sp->bos_heads[2 * j + 1] < 0 || sp->bos_heads[2 * j + 1] >= H)
+            return cr_fail(err, CR_EINVAL, "head %d.%d out of range (%d layers x %d heads)", sp->bos_heads[2 * j], sp->bos_heads[2 * j + 1], c->n_layers, H);
+    res->T = T;
+    res->entropy = cr_calloc((size_t)T, 8), res->loss = cr_calloc((size_t)T, 8);
+    res->act = cr_calloc((size_t)NN * T + 1, 8), res->rises = cr_calloc((size_t)NN + 1, sizeof(int)), res->first_mean = cr_calloc((size_t)NN + 1, 8);
+    res->h_ratio = cr_calloc((size_t)NN * T + 1, 8), res->l_ratio = cr_calloc((size_t)NN * T + 1, 8), res->clip_entropy = cr_calloc((size_t)NN * T + 1, 8);
+    res->head_score = cr_calloc((size_t)c->n_layers * H, 8), res->bos = cr_calloc((size_t)sp->n_bos_heads * 8 + 1, 8);
+    cr_session *s = NULL;
+    int32_t *ids = cr_malloc((size_t)T, sizeof *ids);
+    float *lg = cr_malloc((size_t)T * V, sizeof *lg), *lg2 = cr_malloc((size_t)T * V, sizeof *lg2), *act = cr_malloc((size_t)T * f, sizeof *act);
+    float *sc = cr_malloc((size_t)T, sizeof *sc), *sc1 = cr_malloc(1, sizeof *sc1), *act1 = cr_malloc((size_t)f, sizeof *act1);
+    double *h0 = cr_malloc((size_t)T, 8), *l0 = cr_malloc((size_t)T, 8), *h1 = cr_malloc((size_t)T, 8), *l1 = cr_malloc((size_t)T, 8);
+    float **mlp = cr_calloc((size_t)c->n_layers, sizeof *mlp), **attn = cr_calloc((size_t)c->n_layers, sizeof *attn);
+    float *first_acts = cr_calloc((size_t)sp->n_seqs * NN + 1, sizeof *first_acts);
+    int rc = CR_OK;
+    if (!res->entropy || !res->loss || !res->act || !res->rises || !res->first_mean || !res->h_ratio || !res->l_ratio || !res->clip_entropy ||
+        !res->head_score || !res->bos || !ids || !lg || !lg2 || !act || !sc || !sc1 || !act1 || !h0 || !l0 || !h1 || !l1 || !mlp || !attn || !first_acts) {
+        rc = cr_fail(err, CR_ENOMEM, "out of memory");
+        goto done;
+    }
+    if ((rc = cr_session_open(m, T, sp->n_threads, &s, err))) goto done;
+    /* Pass 1: clean runs. */
+    mlp[Lf] = act;
+    for (int q = 0; q < sp->n_seqs; q++) {
+        ids[0] = c->bos_id;
+        memcpy(ids + 1, sp->seqs + (size_t)q * N, (size_t)N * 4);
+        memcpy(ids + 1 + N, sp->seqs + (size_t)q * N, (size_t)N * 4);
+        cr_capture cap = {0};
+        cap.logits = lg, cap.mlp_post = mlp;
+        if ((rc = cr_forward(s, ids, T, 0, &cap, err))) goto done;
+        cr_seq_stats(lg, V, ids, T, h0, l0);
+        for (int t = 0; t < T; t++) {
+            res->entropy[t] += h0[t] / sp->n_seqs, res->loss[t] += l0[t] / sp->n_seqs;
+            for (int j = 0; j < NN; j++) res->act[(size_t)j * T + t] += act[(size_t)t * f + sp->neurons[j]] / sp->n_seqs;
+        }
+    }
+    /* The clip value: mean over the first copy (BOS included) of all sequences; the direction:
+     * does the mean activation rise on the second copy? */
+    for (int j = 0; j < NN; j++) {
+        double a1 = 0, a2 = 0;
+        for (int t = 0; t < 1 + N; t++) a1 += res->act[(size_t)j * T + t];
+        for (int t = 1 + N; t < T; t++) a2 += res->act[(size_t)j * T + t];
+        res->first_mean[j] = a1 / (1 + N);
+        res->rises[j] = a2 / N > a1 / (1 + N);
+    }
+    /* Pass 2: clip ablation, one neuron at a time. */
+    for (int q = 0; q < sp->n_seqs && NN; q++) {
+        ids[0] = c->bos_id;
+        memcpy(ids + 1, sp->seqs + (size_t)q * N, (size_t)N * 4);
+        memcpy(ids + 1 + N, sp->seqs + (size_t)q * N, (size_t)N * 4);
+        cr_capture cap = {0};
+        cap.logits = lg;
+        if ((rc = cr_forward(s, ids, T, 0, &cap, err))) goto done;
+        cr_seq_stats(lg, V, ids, T, h0, l0);
+        for (int j = 0; j < NN; j++) {
+            cr_clip_edit ce = {Lf, sp->neurons, NN, j, res->first_mean[j], res->rises[j]};
+            cr_capture ca = {0};
+            ca.logits = lg2, ca.mlp_edit = cr_clip_hook, ca.user = &ce;
+            if ((rc = cr_forward(s, ids, T, 0, &ca, err))) goto done;
+            cr_seq_stats(lg2, V, ids, T, h1, l1);
+            for (int t = 0; t < T; t++) {
+                res->h_ratio[(size_t)j * T + t] += (h0[t] > 0 ? h1[t] / h0[t] : 1.0) / sp->n_seqs;
+                res->l_ratio[(size_t)j * T + t] += (l0[t] > 0 ? l1[t] / l0[t] : 1.0) / sp->n_seqs;
+                res->clip_entropy[(size_t)j * T + t] += h1[t] / sp->n_seqs;
+            }
+        }
+    }
+    /* Pass 3: induction-head scores on random repeats. */
+    for (int l = 0; l < c->n_layers; l++) attn[l] = NULL;
+    float *pat = cr_malloc((size_t)H * T * T, sizeof *pat);
+    if (!pat) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+    for (int q = 0; q < sp->n_random && !rc; q++) {
+        ids[0] = c->bos_id;
+        memcpy(ids + 1, sp->random_seqs + (size_t)q * N, (size_t)N * 4);
+        memcpy(ids + 1 + N, sp->random_seqs + (size_t)q * N, (size_t)N * 4);
+        for (int l = 0; l < c->n_layers && !rc; l++) {
+            for (int k = 0; k < c->n_layers; k++) attn[k] = k == l ? pat : NULL;
+            cr_capture cap = {0};
+            cap.attn = attn;
+            if ((rc = cr_forward(s, ids, T, 0, &cap, err))) break;
+            for (int h = 0; h < H; h++) {
+                double sum = 0;
+                for (int p = 1 + N; p < T; p++) sum += pat[((size_t)h * T + p) * T + (size_t)(p - (N - 1))];
+                res->head_score[(size_t)l * H + h] += sum / N / sp->n_random;
+            }
+        }
+    }
+    free(pat);
+    if (rc) goto done;
+    /* Pass 4: BOS ablation of chosen heads at each second-copy position. */
+    for (int b = 0; b < sp->n_bos_heads; b++) {
+        cr_bos_edit be = {sp->bos_heads[2 * b], sp->bos_heads[2 * b + 1]};
+        double acc[8] = {0};
+        int64_t cnt = 0;
+        for (int q = 0; q < sp->n_seqs; q++) {
+            ids[0] = c->bos_id;
+            memcpy(ids + 1, sp->seqs + (size_t)q * N, (size_t)N * 4);
+            memcpy(ids + 1 + N, sp->seqs + (size_t)q * N, (size_t)N * 4);
+            mlp[Lf] = act;
+            cr_capture cap = {0};
+            cap.logits = lg, cap.mlp_post = mlp, cap.norm_scale = sc;
+            if ((rc = cr_forward(s, ids, T, 0, &cap, err))) goto done;
+            cr_seq_stats(lg, V, ids, T, h0, l0);
+            for (int p = 1 + N; p < T - 1; p++) {
+                mlp[Lf] = act1;
+                cr_capture ce = {0};
+                ce.logits = lg2, ce.mlp_post = mlp, ce.norm_scale = sc1, ce.attn_edit = cr_bos_hook, ce.user = &be;
+                if ((rc = cr_forward(s, ids + p, 1, p, &ce, err))) goto done;
+                double lse, ent;
+                cr_logits_stats(lg2, V, &lse, &ent);
+                double la = lse - lg2[ids[p + 1]];
+                int i0 = NN ? sp->neurons[0] : 0;
+                acc[0] += act[(size_t)p * f + i0], acc[1] += act1[i0], acc[2] += sc[p], acc[3] += sc1[0];
+                acc[4] += h0[p], acc[5] += ent, acc[6] += l0[p], acc[7] += la;
+                cnt++;
+                /* Put the clean keys and values of position p back for the next position. */
+                cr_capture cc = {0};
+                if ((rc = cr_forward(s, ids + p, 1, p, &cc, err))) goto done;
+            }
+        }
+        for (int k = 0; k < 8; k++) res->bos[(size_t)b * 8 + k] = cnt ? acc[k] / (double)cnt : 0;
+    }
+done:
+    cr_session_close(s);
+    free(ids), free(lg), free(lg2), free(act), free(sc), free(sc1), free(act1), free(h0), free(l0), free(h1), free(l1), free(mlp), free(attn), free(first_acts);
+    if (rc) cr_induction_result_free(res);
     return rc;
 }
 
@@ -4459,13 +5796,6 @@ static int cmd_eval(int argc, char **argv) {
 }
 
 /* ---- generate ---- */
-/* splitmix64: a small, seedable generator with no global state. */
-static uint64_t cr_rng_next(uint64_t *st) {
-    uint64_t z = (*st += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
 
 static int32_t cr_sample(const float *z, int V, double temp, int top_k, uint64_t *rng, float *work) {
     int32_t best = 0;
@@ -4591,9 +5921,10 @@ static int cmd_generate(int argc, char **argv) {
 
 /* ---- convert ---- */
 static int cmd_convert(int argc, char **argv) {
-    const char *tokp = NULL, *outp = NULL, *dts = NULL, *tied = NULL, *pos[1];
+    const char *tokp = NULL, *outp = NULL, *dts = NULL, *tied = NULL, *unip = NULL, *pos[1];
     int np;
     cli_opt opts[] = {{"-o", 1, &outp, "output .gguf path (required)"}, {"--dtype", 1, &dts, "f32, f16 or q8_0 (default q8_0)"},
+                      {"--unigram", 1, &unip, "embed these token counts (confreg.unigram_counts)"},
                       {"--tied", 0, &tied, "store a tied GPT-2 unembedding once (smaller; llama.cpp wants it twice)"},
                       {"--tokenizer", 1, &tokp, "tokenizer to embed (default: the model's own)"}, {0}};
     int pr = cli_parse(argc, argv, opts, pos, 1, &np);
@@ -4608,13 +5939,16 @@ static int cmd_convert(int argc, char **argv) {
     if (!m) return 1;
     cr_err err;
     int rc = 0;
+    cr_unigram *ug = NULL;
+    if (unip && cr_unigram_open(unip, m->cfg.n_vocab, &ug, &err)) { cr_model_close(m); return cli_error("%s", err.msg); }
     double t0 = cr_now();
-    if (cr_model_write_gguf(m, outp, dtype, tied ? CR_GGUF_TIED : 0, NULL, 0, &err)) rc = cli_error("%s", err.msg);
+    if (cr_model_write_gguf(m, outp, dtype, tied ? CR_GGUF_TIED : 0, ug, &err)) rc = cli_error("%s", err.msg);
     else {
         struct stat st;
         stat(outp, &st);
         fprintf(stderr, "wrote %s (%s, %.2f MiB) in %.2f s\n", outp, cr_dtype_name(dtype), (double)st.st_size / 1048576.0, cr_now() - t0);
     }
+    cr_unigram_close(ug);
     cr_model_close(m);
     return rc;
 }
@@ -4701,6 +6035,815 @@ static int cmd_dump(int argc, char **argv) {
     return rc;
 }
 
+/* ---- neuron tables (neurons, ablate, freq) ---- */
+
+/* Column names are an interface (README): keep them stable. */
+enum { COL_NEURON, COL_NORM, COL_LOGIT_VAR, COL_RHO, COL_FREQ_COS, COL_MEAN_ACT, COL_TE, COL_DE, COL_LN_FRAC, COL_DLOSS_TE,
+       COL_DLOSS_DE, COL_DH_TE, COL_DH_DE, COL_ABS_DKL, COL_DE_FREQ, COL_FREQ_FRAC, N_COLS };
+static const char *const cli_col_names[N_COLS] = {"neuron", "norm", "logit_var", "rho", "freq_cos", "mean_act", "te", "de", "ln_frac",
+                                                   "dloss_te", "dloss_de", "dH_te", "dH_de", "abs_dkl", "de_freq", "freq_frac"};
+
+/* Value of a column, or NAN when its input was not given. */
+static double cli_col_value(const cr_neuron_row *r, int col) {
+    switch (col) {
+    case COL_NORM: return r->has_weights ? r->norm : NAN;
+    case COL_LOGIT_VAR: return r->has_weights ? r->logit_var : NAN;
+    case COL_RHO: return r->has_weights ? r->rho : NAN;
+    case COL_FREQ_COS: return r->has_freq_cos ? r->freq_cos : NAN;
+    case COL_MEAN_ACT: return r->has_effects ? r->mean_act : NAN;
+    case COL_TE: return r->has_effects ? r->te : NAN;
+    case COL_DE: return r->has_effects ? r->de : NAN;
+    case COL_LN_FRAC: return r->has_effects ? r->ln_frac : NAN;
+    case COL_DLOSS_TE: return r->has_effects ? r->dloss_te : NAN;
+    case COL_DLOSS_DE: return r->has_effects ? r->dloss_de : NAN;
+    case COL_DH_TE: return r->has_effects ? r->dH_te : NAN;
+    case COL_DH_DE: return r->has_effects ? r->dH_de : NAN;
+    case COL_ABS_DKL: return r->has_freq_effects ? r->abs_dkl : NAN;
+    case COL_DE_FREQ: return r->has_freq_effects ? r->de_freq : NAN;
+    case COL_FREQ_FRAC: return r->has_freq_effects ? r->freq_frac : NAN;
+    default: return NAN;
+    }
+}
+
+static int cli_col_index(const char *name) {
+    for (int c = 0; c < N_COLS; c++) if (!strcmp(name, cli_col_names[c])) return c;
+    return -1;
+}
+
+/* Sorting: by a column, descending (|value| for signed columns, so the strongest come first);
+ * NaN last; ties by neuron index so the order is deterministic. */
+typedef struct cli_sort_ctx { const cr_neuron_row *rows; int col, ascending; } cli_sort_ctx;
+static int cli_cmp_rows(const void *a, const void *b, void *ctxp) {
+    const cli_sort_ctx *ctx = ctxp;
+    const cr_neuron_row *x = &ctx->rows[*(const int *)a], *y = &ctx->rows[*(const int *)b];
+    double vx = cli_col_value(x, ctx->col), vy = cli_col_value(y, ctx->col);
+    int signed_col = ctx->col == COL_DLOSS_TE || ctx->col == COL_DLOSS_DE || ctx->col == COL_DH_TE || ctx->col == COL_DH_DE || ctx->col == COL_FREQ_COS || ctx->col == COL_MEAN_ACT;
+    if (signed_col) vx = fabs(vx), vy = fabs(vy);
+    if (isnan(vx) != isnan(vy)) return isnan(vx) ? 1 : -1;
+    if (!isnan(vx) && vx != vy) return (ctx->ascending ? vx > vy : vx < vy) ? 1 : -1;
+    return x->index - y->index;
+}
+
+/* A small merge sort (qsort has no context argument in C11). */
+static void cli_sort(int *idx, int n, const cli_sort_ctx *ctx) {
+    if (n < 2) return;
+    int h = n / 2;
+    cli_sort(idx, h, ctx);
+    cli_sort(idx + h, n - h, ctx);
+    int *tmp = cr_malloc((size_t)n, sizeof *tmp), i = 0, j = h, k = 0;
+    if (!tmp) return;
+    while (i < h && j < n) tmp[k++] = cli_cmp_rows(&idx[j], &idx[i], (void *)ctx) < 0 ? idx[j++] : idx[i++];
+    while (i < h) tmp[k++] = idx[i++];
+    while (j < n) tmp[k++] = idx[j++];
+    memcpy(idx, tmp, (size_t)n * sizeof *idx);
+    free(tmp);
+}
+
+static void cli_print_neurons(FILE *out, const cr_neuron_row *rows, int n, const int *cols, int n_cols, int sort_col, int ascending,
+                              int limit, int format /* 0 table 1 csv 2 json */, const char *meta_json) {
+    int *idx = cr_malloc((size_t)(n > 0 ? n : 1), sizeof *idx);
+    if (!idx) return;
+    for (int i = 0; i < n; i++) idx[i] = i;
+    cli_sort_ctx ctx = {rows, sort_col, ascending};
+    cli_sort(idx, n, &ctx);
+    int shown = format == 0 && limit > 0 && limit < n ? limit : n;
+    if (format == 2) fprintf(out, "{%s%s\"neurons\": [\n", meta_json ? meta_json : "", meta_json ? ", " : "");
+    if (format == 1) {
+        for (int c = 0; c < n_cols; c++) fprintf(out, "%s%s", c ? "," : "", cli_col_names[cols[c]]);
+        fprintf(out, "\n");
+    } else if (format == 0) {
+        for (int c = 0; c < n_cols; c++) fprintf(out, c ? " %11s" : "%-9s", cli_col_names[cols[c]]);
+        fprintf(out, "\n");
+    }
+    for (int k = 0; k < shown; k++) {
+        const cr_neuron_row *r = &rows[idx[k]];
+        if (format == 2) fprintf(out, "  {");
+        for (int c = 0; c < n_cols; c++) {
+            char name[32];
+            snprintf(name, sizeof name, "%d.%d", r->layer, r->index);
+            double v = cli_col_value(r, cols[c]);
+            if (format == 2) {
+                if (cols[c] == COL_NEURON) fprintf(out, "\"neuron\": \"%s\"", name);
+                else if (isnan(v)) fprintf(out, ", \"%s\": null", cli_col_names[cols[c]]);
+                else fprintf(out, ", \"%s\": %.9g", cli_col_names[cols[c]], v);
+            } else if (format == 1) {
+                if (cols[c] == COL_NEURON) fprintf(out, "%s", name);
+                else if (isnan(v)) fprintf(out, ",");
+                else fprintf(out, ",%.9g", v);
+            } else {
+                if (cols[c] == COL_NEURON) fprintf(out, "%-9s", name);
+                else if (isnan(v)) fprintf(out, " %11s", "");
+                else fprintf(out, fabs(v) >= 1e5 || (v != 0 && fabs(v) < 1e-3) ? " %11.3e" : " %11.5f", v);
+            }
+        }
+        fprintf(out, format == 2 ? (k + 1 < shown ? "},\n" : "}\n") : "\n");
+    }
+    if (format == 2) fprintf(out, "]}\n");
+    if (format == 0 && shown < n) fprintf(out, "(%d more; --limit 0 shows all, --csv/--json give all)\n", n - shown);
+    free(idx);
+}
+
+/* "11.584,11.2378" -> indices of the given layer's neurons. */
+static int cli_neuron_list(const char *s, int layer, int d_mlp, int **out, int *n) {
+    int cap = 1;
+    for (const char *p = s; *p; p++) cap += *p == ',';
+    *out = cr_malloc((size_t)cap, sizeof **out);
+    *n = 0;
+    if (!*out) return cli_error("out of memory"), 0;
+    for (const char *p = s; *p;) {
+        char *end;
+        long l = strtol(p, &end, 10), i;
+        if (end == p || *end != '.') return cli_error("bad neuron '%s': neurons are named LAYER.INDEX, e.g. %d.584", p, layer), 0;
+        const char *q = end + 1;
+        i = strtol(q, &end, 10);
+        if (end == q || (*end && *end != ',')) return cli_error("bad neuron list '%s' (expected LAYER.INDEX,...)", s), 0;
+        if (l != layer) return cli_error("neuron %ld.%ld: only layer %d (the final layer) can be ablated", l, i, layer), 0;
+        if (i < 0 || i >= d_mlp) return cli_error("neuron %ld.%ld is out of range: layer %d has neurons 0..%d", l, i, layer, d_mlp - 1), 0;
+        (*out)[(*n)++] = (int)i;
+        p = *end ? end + 1 : end;
+    }
+    if (!*n) return cli_error("empty neuron list"), 0;
+    return 1;
+}
+
+/* Rows of the paper's protocol from text files: one token stream, rows of ctx-1 tokens with
+ * BOS, optionally shuffled (seeded Fisher-Yates), at most max_rows of them. */
+static int cli_make_rows(const cr_model *m, const char *const *files, int n_files, long ctx, long max_rows, const char *shuffle, cr_rows *rows) {
+    int32_t *stream = NULL;
+    size_t n = 0;
+    for (int i = 0; i < n_files; i++) {
+        int32_t *ids = NULL;
+        size_t k = 0;
+        if (!cli_tokenize_file(m, files[i], &ids, &k)) { free(stream); return 0; }
+        int32_t *ns = realloc(stream, (n + k) * sizeof *ns);
+        if (!ns) { free(ids), free(stream); return cli_error("out of memory"), 0; }
+        stream = ns;
+        memcpy(stream + n, ids, k * sizeof *ids);
+        n += k;
+        free(ids);
+    }
+    cr_err err;
+    int rc = cr_rows_make(rows, stream, n, (int)ctx, m->cfg.bos_id, 0, &err);
+    free(stream);
+    if (rc) return cli_error("%s", err.msg), 0;
+    if (shuffle) {
+        long seed;
+        if (!cli_int(shuffle, "--shuffle", 0, LONG_MAX, &seed)) { cr_rows_free(rows); return 0; }
+        uint64_t st = (uint64_t)seed;
+        int32_t *tmp = cr_malloc((size_t)rows->ctx, sizeof *tmp);
+        if (!tmp) { cr_rows_free(rows); return cli_error("out of memory"), 0; }
+        for (int i = rows->n_rows - 1; i > 0; i--) {
+            int j = (int)(cr_rng_next(&st) % (uint64_t)(i + 1));
+            memcpy(tmp, rows->ids + (size_t)i * rows->ctx, (size_t)rows->ctx * 4);
+            memcpy(rows->ids + (size_t)i * rows->ctx, rows->ids + (size_t)j * rows->ctx, (size_t)rows->ctx * 4);
+            memcpy(rows->ids + (size_t)j * rows->ctx, tmp, (size_t)rows->ctx * 4);
+            int l = rows->len[i]; rows->len[i] = rows->len[j]; rows->len[j] = l;
+        }
+        free(tmp);
+    }
+    if (max_rows > 0 && rows->n_rows > max_rows) rows->n_rows = (int)max_rows;
+    return 1;
+}
+
+/* Mean activations file: "CRMEAN01", u32 layer, u32 d_mlp, u64 tokens, u32 description length,
+ * the description (which rows the means came from), f64 means[d_mlp]. */
+static int cli_mean_save(const char *path, int layer, int f, int64_t tokens, const char *desc, const double *mean) {
+    cr_outfile o;
+    cr_err err;
+    if (cr_outfile_open(&o, path, &err)) return cli_error("%s", err.msg), 0;
+    cr_gw w = {o.f, 0, 0};
+    cr_gw_bytes(&w, "CRMEAN01", 8);
+    cr_gw_u32(&w, (uint32_t)layer), cr_gw_u32(&w, (uint32_t)f), cr_gw_u64(&w, (uint64_t)tokens);
+    cr_gw_u32(&w, (uint32_t)strlen(desc)), cr_gw_bytes(&w, desc, strlen(desc));
+    for (int i = 0; i < f; i++) { uint64_t b; memcpy(&b, &mean[i], 8); cr_gw_u64(&w, b); }
+    if (cr_outfile_close(&o, !w.failed, &err)) return cli_error("%s", err.msg), 0;
+    return 1;
+}
+
+static int cli_mean_load(const char *path, int layer, int f, double *mean, char *desc, size_t desc_cap) {
+    cr_map m;
+    cr_err err;
+    if (cr_map_open(&m, path, &err)) return cli_error("%s", err.msg), 0;
+    const unsigned char *p = m.data;
+    int ok = m.size >= 28 && !memcmp(p, "CRMEAN01", 8);
+    uint32_t dl = ok ? cr_rd32(p + 24) : 0;
+    if (!ok || dl > 4096 || m.size != 28 + (size_t)dl + 8ull * (uint64_t)cr_rd32(p + 12)) {
+        cr_map_close(&m);
+        return cli_error("%s: not a confreg mean-activation file (bad magic, truncated or wrong size)", path), 0;
+    }
+    if ((int)cr_rd32(p + 8) != layer || (int)cr_rd32(p + 12) != f) {
+        cr_map_close(&m);
+        return cli_error("%s: holds means for layer %u with %u neurons, but this scan needs layer %d with %d", path, cr_rd32(p + 8), cr_rd32(p + 12), layer, f), 0;
+    }
+    snprintf(desc, desc_cap, "%.*s (%llu tokens, loaded from %s)", (int)dl, (const char *)p + 28, (unsigned long long)cr_rd64(p + 16), path);
+    for (int i = 0; i < f; i++) { uint64_t b = cr_rd64(p + 28 + dl + 8ull * (uint64_t)i); memcpy(&mean[i], &b, 8); }
+    cr_map_close(&m);
+    return 1;
+}
+
+/* Unigram counts: from --unigram FILE, else from the model's GGUF metadata, else none. */
+static int cli_load_unigram(const cr_model *m, const char *path, cr_unigram **out) {
+    *out = NULL;
+    cr_err err;
+    if (!path) {
+        /* Counts carried in the model file are used when none are given. */
+        const cr_unigram *mu = cr_model_unigram(m);
+        if (!mu) return 1;
+        if (cr_unigram_open_empty(mu->n_vocab, out, &err)) return cli_error("%s", err.msg), 0;
+        memcpy((*out)->counts, mu->counts, (size_t)mu->n_vocab * sizeof *mu->counts);
+        (*out)->total = mu->total;
+        return 1;
+    }
+    if (cr_unigram_open(path, m->cfg.n_vocab, out, &err)) return cli_error("%s", err.msg), 0;
+    return 1;
+}
+
+static int cli_format(const char *csv, const char *json) { return json ? 2 : csv ? 1 : 0; }
+
+/* ---- neurons ---- */
+static int cmd_neurons(int argc, char **argv) {
+    const char *tokp = NULL, *layers = NULL, *ks = NULL, *unip = NULL, *svp = NULL, *sorts = NULL, *limits = NULL, *csv = NULL, *json = NULL, *thr = NULL, *pos[1];
+    int np;
+    cli_opt opts[] = {{"--layer", 1, &layers, "layer (default: the final layer)"}, {"--k", 1, &ks, "null-space dimensions (default 12 for d=768, else ceil(0.01 d))"},
+                      {"--unigram", 1, &unip, "counts file (adds freq_cos)"}, {"--svals", 1, &svp, "write W_U's singular values to FILE ('-' prints them)"},
+                      {"--sort", 1, &sorts, "column to rank by (default rho)"}, {"--limit", 1, &limits, "rows in the table (default 20, 0 = all)"},
+                      {"--threads", 1, &thr, "threads"}, {"--tokenizer", 1, &tokp, "tokenizer file or directory"},
+                      {"--csv", 0, &csv, "CSV output (all rows)"}, {"--json", 0, &json, "JSON output (all rows)"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 1, &np);
+    if (pr == 2) return cli_usage("neurons", "[MODEL]", "Weight metrics of a layer's MLP neurons, after TransformerLens-style weight processing:\n"
+                                  "output norm, LogitVar, rho (fraction in W_U's effective null space) and freq_cos.", opts), 0;
+    if (pr) return 2;
+    cr_model *m = cli_open_model(np ? pos[0] : CR_DEFAULT_MODEL, tokp);
+    if (!m) return 1;
+    const cr_config *c = cr_model_config(m);
+    long layer = c->n_layers - 1, k = cr_default_k(c->d_model), limit = 20, threads = 0;
+    int sort_col = COL_RHO, rc = 0;
+    if ((layers && !cli_int(layers, "--layer", 0, c->n_layers - 1, &layer)) || (ks && !cli_int(ks, "--k", 1, c->d_model, &k)) ||
+        (limits && !cli_int(limits, "--limit", 0, INT32_MAX, &limit)) || (thr && !cli_int(thr, "--threads", 1, 1024, &threads)))
+        rc = 2;
+    if (!rc && sorts && (sort_col = cli_col_index(sorts)) < 0) rc = cli_error("--sort: unknown column '%s'", sorts) + 1;
+    cr_unigram *ug = NULL;
+    cr_freqdir fd = {0};
+    cr_err err;
+    if (!rc && !cli_load_unigram(m, unip, &ug)) rc = 1;
+    if (!rc && ug && cr_freqdir_make(&fd, ug, &err)) rc = cli_error("%s", err.msg);
+    cr_unembed u = {0};
+    cr_neuron_row *rows = cr_calloc((size_t)c->d_mlp, sizeof *rows);
+    double *sv = NULL;
+    if (!rc && !rows) rc = cli_error("out of memory");
+    if (!rc && cr_unembed_make(m, &u, &err)) rc = cli_error("%s", err.msg);
+    if (!rc && cr_weight_metrics(m, (int)layer, (int)k, &u, ug ? &fd : NULL, rows, &sv, (int)threads, &err)) rc = cli_error("%s", err.msg);
+    if (!rc) {
+        int cols[] = {COL_NEURON, COL_NORM, COL_LOGIT_VAR, COL_RHO, COL_FREQ_COS};
+        char meta[512];
+        snprintf(meta, sizeof meta, "\"model\": \"%s\", \"layer\": %ld, \"k\": %ld, \"rho_random\": %.6f, \"unigram\": %s%s%s",
+                 np ? pos[0] : CR_DEFAULT_MODEL, layer, k, sqrt((double)k / c->d_model), unip ? "\"" : "", unip ? unip : "null", unip ? "\"" : "");
+        if (!json && !csv) printf("# layer %ld of %s: %d neurons; k = %ld null-space directions (a random direction has rho ~ %.3f)\n", layer,
+                                  np ? pos[0] : CR_DEFAULT_MODEL, c->d_mlp, k, sqrt((double)k / c->d_model));
+        cli_print_neurons(stdout, rows, c->d_mlp, cols, ug ? 5 : 4, sort_col, 0, (int)limit, cli_format(csv, json), meta);
+        if (svp) {
+            FILE *f = strcmp(svp, "-") ? fopen(svp, "w") : stdout;
+            if (!f) rc = cli_error("%s: cannot write: %s", svp, strerror(errno));
+            else {
+                fprintf(f, "# singular values of the processed W_U, descending\n");
+                for (int i = c->d_model - 1; i >= 0; i--) fprintf(f, "%d %.9g\n", c->d_model - 1 - i, sv[i]);
+                if (f != stdout) fclose(f);
+            }
+        }
+    }
+    free(sv), free(rows);
+    cr_unembed_free(&u);
+    cr_freqdir_free(&fd);
+    cr_unigram_close(ug);
+    cr_model_close(m);
+    return rc;
+}
+
+/* ---- unigram ---- */
+static int cmd_unigram(int argc, char **argv) {
+    const char *tokp = NULL, *outp = NULL, *pos[64];
+    int np;
+    cli_opt opts[] = {{"-o", 1, &outp, "output counts file (required)"}, {"--tokenizer", 1, &tokp, "tokenizer file or directory"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 64, &np);
+    if (pr == 2) return cli_usage("unigram", "MODEL CORPUS... -o COUNTS", "Count tokens over text files with the model's tokenizer. The counts file gives\n"
+                                  "P_freq(t) = (c_t + 1) / sum(c_u + 1) for ablate/freq/neurons (--unigram).", opts), 0;
+    if (pr) return 2;
+    if (np < 2 || !outp) return cli_error("unigram needs MODEL, at least one CORPUS file and -o COUNTS"), 2;
+    cr_model *m = cli_open_model(pos[0], tokp);
+    if (!m) return 1;
+    const cr_tokenizer *tk = cr_model_tokenizer(m);
+    cr_unigram *u = NULL;
+    cr_err err;
+    int rc = 0;
+    if (!tk) rc = cli_error("%s: the model has no tokenizer (give one with --tokenizer)", pos[0]);
+    if (!rc && cr_unigram_open_empty(m->cfg.n_vocab, &u, &err)) rc = cli_error("%s", err.msg);
+    for (int i = 1; i < np && !rc; i++) {
+        char *text;
+        size_t len;
+        if (cr_read_file(pos[i], &text, &len, &err)) { rc = cli_error("%s", err.msg); break; }
+        if (len == 0) rc = cli_error("%s: empty text", pos[i]);
+        else if (cr_utf8_check((const unsigned char *)text, len) != len) rc = cli_error("%s: invalid UTF-8 at byte %zu", pos[i], cr_utf8_check((const unsigned char *)text, len));
+        else if (cr_unigram_add_text(u, tk, text, len, &err)) rc = cli_error("%s: %s", pos[i], err.msg);
+        free(text);
+    }
+    if (!rc && cr_unigram_save(u, outp, &err)) rc = cli_error("%s", err.msg);
+    if (!rc) {
+        int distinct = 0;
+        for (int32_t t = 0; t < u->n_vocab; t++) distinct += u->counts[t] > 0;
+        printf("%llu tokens, %d distinct of %d, written to %s\nmost frequent:", (unsigned long long)u->total, distinct, u->n_vocab, outp);
+        /* top 10 by count, ties by id */
+        int32_t top[10];
+        int nt = 0;
+        for (int32_t t = 0; t < u->n_vocab; t++) {
+            int p = nt < 10 ? nt++ : 10;
+            while (p > 0 && u->counts[top[p - 1]] < u->counts[t]) { if (p < 10) top[p] = top[p - 1]; p--; }
+            if (p < 10) top[p] = t;
+        }
+        for (int k = 0; k < nt; k++) {
+            char buf[64];
+            size_t l = 0;
+            cr_tokenizer_token_bytes(tk, top[k], buf, sizeof buf - 1, &l);
+            buf[l < sizeof buf ? l : sizeof buf - 1] = 0;
+            printf(" ");
+            cli_json_string(stdout, buf, strlen(buf));
+            printf(" %.4f", (double)u->counts[top[k]] / (double)(u->total ? u->total : 1));
+        }
+        printf("\n");
+    }
+    cr_unigram_close(u);
+    cr_model_close(m);
+    return rc;
+}
+
+/* ---- ablate and freq ---- */
+
+/* Pearson correlation between clean per-token entropy and KL(P_freq || p) on the counted tokens. */
+static int cli_entropy_kl_corr(const cr_model *m, const cr_rows *rows, const cr_freqdir *fd, int32_t nl, int n_threads, double *corr, int64_t *n_out) {
+    cr_session *s;
+    cr_err err;
+    if (cr_session_open(m, rows->ctx, n_threads, &s, &err)) return cli_error("%s", err.msg), 0;
+    const int V = m->cfg.n_vocab;
+    float *lg = cr_malloc((size_t)rows->ctx * (size_t)V, sizeof *lg);
+    double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
+    int64_t n = 0;
+    int ok = lg != NULL;
+    for (int r = 0; ok && r < rows->n_rows; r++) {
+        const int32_t *ids = rows->ids + (size_t)r * rows->ctx;
+        cr_capture cap = {0};
+        cap.logits = lg;
+        if (cr_forward(s, ids, rows->len[r], 0, &cap, &err)) { ok = 0; cli_error("%s", err.msg); break; }
+        for (int t = 0; t < rows->len[r]; t++) {
+            if (!cr_token_counts(ids, rows->len[r], t, rows->ctx, m->cfg.bos_id, m->cfg.eos_id, nl)) continue;
+            double lse, h, kl;
+            cr_stats_of(lg + (size_t)t * V, V, fd, &lse, &h, &kl);
+            sx += h, sy += kl, sxx += h * h, syy += kl * kl, sxy += h * kl, n++;
+        }
+    }
+    free(lg);
+    cr_session_close(s);
+    double cov = sxy - sx * sy / (double)(n ? n : 1), vx = sxx - sx * sx / (double)(n ? n : 1), vy = syy - sy * sy / (double)(n ? n : 1);
+    *corr = vx > 0 && vy > 0 ? cov / sqrt(vx * vy) : 0;
+    *n_out = n;
+    return ok;
+}
+
+static int cli_ablate_common(int argc, char **argv, int freq_mode) {
+    const char *tokp = NULL, *neus = NULL, *tops = NULL, *bys = NULL, *rowss = NULL, *ctxs = NULL, *shuffle = NULL, *thr = NULL, *unip = NULL;
+    const char *meanf = NULL, *means = NULL, *exact = NULL, *ks = NULL, *nowt = NULL, *sorts = NULL, *limits = NULL, *csv = NULL, *json = NULL, *tbs = NULL;
+    const char *pos[64];
+    int np;
+    cli_opt opts[] = {{"--neurons", 1, &neus, "neurons to ablate, LAYER.INDEX,... (default: the whole final layer)"},
+                      {"--top", 1, &tops, "ablate only the N neurons ranked first by --by"},
+                      {"--by", 1, &bys, "weight criterion for --top: rho (default), norm, logit_var (lowest first), freq_cos"},
+                      {"--rows", 1, &rowss, "evaluation rows (default 16)"}, {"--ctx", 1, &ctxs, "row length incl. BOS (default min(256, context))"},
+                      {"--shuffle", 1, &shuffle, "shuffle the rows with this seed (default: corpus order)"},
+                      {"--unigram", 1, &unip, freq_mode ? "counts file (default: counts carried in the model file)" : "counts file: adds abs_dkl, de_freq, freq_frac (default: the model's own, if any)"},
+                      {"--mean-from", 1, &meanf, "load mean activations (from --mean-save) instead of computing them"},
+                      {"--mean-save", 1, &means, "save the mean activations used"},
+                      {"--exact-recompute", 0, &exact, "brute force: patch the neuron and re-run the model (slow; the oracle)"},
+                      {"--k", 1, &ks, "null-space dimensions for rho"}, {"--no-weights", 0, &nowt, "skip the weight metrics"},
+                      {"--sort", 1, &sorts, freq_mode ? "column to rank by (default abs_dkl)" : "column to rank by (default te)"},
+                      {"--limit", 1, &limits, "rows in the table (default 20, 0 = all)"}, {"--threads", 1, &thr, "threads"},
+                      {"--token-block", 1, &tbs, "tokens per block of the fast path (default 512)"},
+                      {"--tokenizer", 1, &tokp, "tokenizer file or directory"}, {"--csv", 0, &csv, "CSV output"}, {"--json", 0, &json, "JSON output"}, {0}};
+    const char *name = freq_mode ? "freq" : "ablate";
+    int pr = cli_parse(argc, argv, opts, pos, 64, &np);
+    if (pr == 2)
+        return cli_usage(name, "[MODEL [TEXT...]]", freq_mode ? "Token-frequency neurons: mean-ablate final-layer neurons and rank them by how much they move the\n"
+                                                                "output towards the unigram distribution (abs_dkl, freq_frac). Also reports the correlation\n"
+                                                                "between per-token entropy and KL(P_freq || p)."
+                                                              : "Mean ablation of final-layer neurons (SPEC §2-3): total effect, direct effect with the final\n"
+                                                                "norm's scale frozen, LN-mediated fraction, entropy changes, and with --unigram the KL and\n"
+                                                                "frequency-mediated effects. Fast path: the exact rank-1 identity; --exact-recompute re-runs.", opts), 0;
+    if (pr) return 2;
+    cr_model *m = cli_open_model(np ? pos[0] : CR_DEFAULT_MODEL, tokp);
+    if (!m) return 1;
+    const cr_config *c = cr_model_config(m);
+    const int layer = c->n_layers - 1, f = c->d_mlp;
+    long top = 0, max_rows = 16, ctx = c->n_ctx < 256 ? c->n_ctx : 256, threads = 0, k = cr_default_k(c->d_model), limit = 20, tb = 512;
+    int rc = 0, sort_col = freq_mode ? COL_ABS_DKL : COL_TE, by = COL_RHO;
+    if ((tops && !cli_int(tops, "--top", 1, f, &top)) || (rowss && !cli_int(rowss, "--rows", 1, INT32_MAX, &max_rows)) ||
+        (ctxs && !cli_int(ctxs, "--ctx", 5, c->n_ctx, &ctx)) || (thr && !cli_int(thr, "--threads", 1, 1024, &threads)) ||
+        (ks && !cli_int(ks, "--k", 1, c->d_model, &k)) || (limits && !cli_int(limits, "--limit", 0, INT32_MAX, &limit)) ||
+        (tbs && !cli_int(tbs, "--token-block", 1, 1 << 20, &tb)))
+        rc = 2;
+    if (!rc && sorts && (sort_col = cli_col_index(sorts)) < 0) rc = cli_error("--sort: unknown column '%s'", sorts) + 1;
+    if (!rc && bys && ((by = cli_col_index(bys)) < 0 || (by != COL_RHO && by != COL_NORM && by != COL_LOGIT_VAR && by != COL_FREQ_COS)))
+        rc = cli_error("--by must be rho, norm, logit_var or freq_cos, got '%s'", bys) + 1;
+    if (!rc && neus && tops) rc = cli_error("give --neurons or --top, not both") + 1;
+    cr_unigram *ug = NULL;
+    cr_freqdir fd = {0};
+    cr_err err;
+    cr_rows rows = {0};
+    int *sel = NULL, n_sel = 0;
+    cr_neuron_row *all = cr_calloc((size_t)f, sizeof *all), *res = NULL;
+    double *mean = cr_malloc((size_t)f, sizeof *mean);
+    char mean_desc[1024] = "";
+    if (!rc && (!all || !mean)) rc = cli_error("out of memory");
+    if (!rc && !cli_load_unigram(m, unip, &ug)) rc = 1;
+    if (!rc && freq_mode && !ug) rc = cli_error("freq needs unigram counts: --unigram COUNTS (make them with: confreg unigram MODEL CORPUS -o COUNTS)");
+    if (!rc && ug && cr_freqdir_make(&fd, ug, &err)) rc = cli_error("%s", err.msg);
+    const char *default_text[] = {CR_DEFAULT_TEXT};
+    if (!rc && !cli_make_rows(m, np > 1 ? pos + 1 : default_text, np > 1 ? np - 1 : 1, ctx, max_rows, shuffle, &rows)) rc = 1;
+    /* Weight metrics for the whole layer (they also rank --top). */
+    if (!rc && (!nowt || tops)) {
+        cr_unembed u;
+        if (cr_unembed_make(m, &u, &err)) rc = cli_error("%s", err.msg);
+        else {
+            if (cr_weight_metrics(m, layer, (int)k, &u, ug ? &fd : NULL, all, NULL, (int)threads, &err)) rc = cli_error("%s", err.msg);
+            cr_unembed_free(&u);
+        }
+    }
+    if (!rc) {
+        sel = cr_malloc((size_t)f, sizeof *sel);
+        if (!sel) rc = cli_error("out of memory");
+        else if (neus) {
+            free(sel);
+            sel = NULL;
+            if (!cli_neuron_list(neus, layer, f, &sel, &n_sel)) rc = 1;
+        } else {
+            for (int i = 0; i < f; i++) sel[i] = i, all[i].layer = layer, all[i].index = i;
+            n_sel = f;
+            if (top) {
+                cli_sort_ctx sc = {all, by, by == COL_LOGIT_VAR};
+                cli_sort(sel, f, &sc);
+                n_sel = (int)top;
+            }
+        }
+    }
+    int64_t mean_tokens = 0;
+    if (!rc && meanf && !cli_mean_load(meanf, layer, f, mean, mean_desc, sizeof mean_desc)) rc = 1;
+    if (!rc && !meanf) {
+        if (cr_mean_activations(m, &rows, layer, (int)threads, mean, &mean_tokens, &err)) rc = cli_error("%s", err.msg);
+        snprintf(mean_desc, sizeof mean_desc, "mean over all %lld tokens of the %d evaluation rows (%s%s)", (long long)mean_tokens, rows.n_rows,
+                 shuffle ? "shuffled, seed " : "corpus order", shuffle ? shuffle : "");
+    }
+    if (!rc && means && !cli_mean_save(means, layer, f, mean_tokens, mean_desc, mean)) rc = 1;
+    double t0 = cr_now(), secs = 0;
+    if (!rc) {
+        res = cr_calloc((size_t)n_sel, sizeof *res);
+        cr_ablate_spec sp = {layer, sel, n_sel, mean, ug ? &fd : NULL, cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1,
+                             exact != NULL, (int)threads, (int)tb};
+        if (!res) rc = cli_error("out of memory");
+        else if (cr_ablate(m, &rows, &sp, res, NULL, &err)) rc = cli_error("%s", err.msg);
+        secs = cr_now() - t0;
+        for (int j = 0; !rc && j < n_sel; j++) {
+            cr_neuron_row *r = &res[j];
+            const cr_neuron_row *w = &all[sel[j]];
+            r->norm = w->norm, r->logit_var = w->logit_var, r->rho = w->rho, r->freq_cos = w->freq_cos;
+            r->has_weights = w->has_weights && !nowt, r->has_freq_cos = w->has_freq_cos && !nowt;
+        }
+    }
+    double corr = 0;
+    int64_t n_corr = 0;
+    if (!rc && freq_mode && !cli_entropy_kl_corr(m, &rows, &fd, cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1, (int)threads, &corr, &n_corr)) rc = 1;
+    if (!rc) {
+        int cols[N_COLS], nc = 0;
+        for (int cc = 0; cc < N_COLS; cc++) {
+            if (!ug && (cc == COL_FREQ_COS || cc == COL_ABS_DKL || cc == COL_DE_FREQ || cc == COL_FREQ_FRAC)) continue;
+            if (nowt && (cc == COL_NORM || cc == COL_LOGIT_VAR || cc == COL_RHO || cc == COL_FREQ_COS)) continue;
+            cols[nc++] = cc;
+        }
+        int64_t ntok = n_sel ? res[0].n_tokens : 0;
+        char meta[2048];
+        snprintf(meta, sizeof meta, "\"model\": \"%s\", \"layer\": %d, \"rows\": %d, \"ctx\": %d, \"tokens\": %lld, \"mean_source\": \"%s\", "
+                 "\"method\": \"%s\", \"seconds\": %.3f, \"k\": %ld%s", np ? pos[0] : CR_DEFAULT_MODEL, layer, rows.n_rows, rows.ctx,
+                 (long long)ntok, mean_desc, exact ? "exact-recompute" : "rank-1 identity", secs, k, "");
+        if (freq_mode) snprintf(meta + strlen(meta), sizeof meta - strlen(meta), ", \"entropy_kl_corr\": %.6f", corr);
+        if (!csv && !json) {
+            printf("# %s of %d final-layer neurons of %s over %d rows x %d (%lld counted tokens), %s, %.2f s\n", exact ? "exact recompute" : "mean ablation",
+                   n_sel, np ? pos[0] : CR_DEFAULT_MODEL, rows.n_rows, rows.ctx, (long long)ntok, exact ? "patched re-runs" : "rank-1 identity", secs);
+            printf("# mean activations: %s\n", mean_desc);
+            if (freq_mode) printf("# baseline: correlation of per-token entropy with KL(P_freq || p) = %.4f over %lld tokens\n", corr, (long long)n_corr);
+        }
+        cli_print_neurons(stdout, res, n_sel, cols, nc, sort_col, 0, (int)limit, cli_format(csv, json), meta);
+    }
+    free(sel), free(all), free(res), free(mean);
+    cr_rows_free(&rows);
+    cr_freqdir_free(&fd);
+    cr_unigram_close(ug);
+    cr_model_close(m);
+    return rc;
+}
+
+static int cmd_ablate(int argc, char **argv) { return cli_ablate_common(argc, argv, 0); }
+static int cmd_freq(int argc, char **argv) { return cli_ablate_common(argc, argv, 1); }
+
+/* ---- synth ---- */
+static int cmd_synth(int argc, char **argv) {
+    const char *outp = NULL, *archs = NULL, *ls = NULL, *ds = NULL, *hs = NULL, *fs = NULL, *vs = NULL, *cs = NULL, *seeds = NULL, *dts = NULL;
+    const char *preset = NULL, *tokp = NULL, *uout = NULL, *pos[1];
+    int np;
+    cli_opt opts[] = {{"-o", 1, &outp, "output .gguf (required)"}, {"--arch", 1, &archs, "gpt2 (default) or llama"},
+                      {"--layers", 1, &ls, "layers (default 2)"}, {"--d", 1, &ds, "d_model (default 128)"}, {"--heads", 1, &hs, "heads (default 4)"},
+                      {"--d-mlp", 1, &fs, "MLP neurons (default 4 d)"}, {"--vocab", 1, &vs, "vocabulary (default 257: bytes + <|endoftext|>)"},
+                      {"--ctx", 1, &cs, "context (default 256)"}, {"--seed", 1, &seeds, "random seed (default 1)"},
+                      {"--dtype", 1, &dts, "f32 (default), f16 or q8_0"}, {"--preset", 1, &preset, "gpt2-small: GPT-2 small's shapes (12 x 768, 3072 neurons, 50257 tokens)"},
+                      {"--tokenizer", 1, &tokp, "use this tokenizer's vocabulary (e.g. GPT-2's)"},
+                      {"--unigram-out", 1, &uout, "also write the planted unigram counts to FILE"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 0, &np);
+    if (pr == 2) return cli_usage("synth", "-o OUT.gguf [--arch gpt2|llama] [--preset gpt2-small]",
+                                  "Write a random model with a planted entropy neuron (output in W_U's null space, large norm) and a\n"
+                                  "planted token-frequency neuron (output along the log-unigram direction). The unigram counts ride\n"
+                                  "along in the GGUF, so ablate and freq find them without --unigram.", opts), 0;
+    if (pr) return 2;
+    if (!outp) return cli_error("synth needs -o OUT.gguf"), 2;
+    cr_synth_spec sp = {CR_ARCH_GPT2, 2, 128, 4, 0, 257, 256, 1, NULL, 0, 0};
+    if (preset) {
+        if (strcmp(preset, "gpt2-small")) return cli_error("--preset: unknown preset '%s' (gpt2-small)", preset), 2;
+        sp.n_layers = 12, sp.d_model = 768, sp.n_heads = 12, sp.d_mlp = 3072, sp.n_vocab = 50257, sp.n_ctx = 1024;
+    }
+    long v;
+    if (archs) {
+        if (!strcmp(archs, "gpt2")) sp.arch = CR_ARCH_GPT2;
+        else if (!strcmp(archs, "llama")) sp.arch = CR_ARCH_LLAMA;
+        else return cli_error("--arch must be gpt2 or llama, got '%s'", archs), 2;
+    }
+    struct { const char *s, *name; int *dst; long lo, hi; } ints[] = {{ls, "--layers", &sp.n_layers, 1, 64}, {ds, "--d", &sp.d_model, 8, 8192},
+        {hs, "--heads", &sp.n_heads, 1, 256}, {fs, "--d-mlp", &sp.d_mlp, 4, 65536}, {vs, "--vocab", &sp.n_vocab, 2, CR_MAX_VOCAB}, {cs, "--ctx", &sp.n_ctx, 8, 8192}};
+    for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+        if (!ints[i].s) continue;
+        if (!cli_int(ints[i].s, ints[i].name, ints[i].lo, ints[i].hi, &v)) return 2;
+        *ints[i].dst = (int)v;
+    }
+    if (seeds) {
+        if (!cli_int(seeds, "--seed", 0, LONG_MAX, &v)) return 2;
+        sp.seed = (uint64_t)v;
+    }
+    if (!sp.d_mlp) sp.d_mlp = 4 * sp.d_model;
+    int dtype = !dts || !strcmp(dts, "f32") ? CR_F32 : !strcmp(dts, "f16") ? CR_F16 : !strcmp(dts, "q8_0") ? CR_Q8_0 : -1;
+    if (dtype < 0) return cli_error("--dtype must be f32, f16 or q8_0, got '%s'", dts), 2;
+    sp.entropy_neuron = 584 % sp.d_mlp, sp.freq_neuron = 2378 % sp.d_mlp;
+    if (sp.freq_neuron == sp.entropy_neuron) sp.freq_neuron = (sp.freq_neuron + 1) % sp.d_mlp;
+    cr_err err;
+    cr_tokenizer *tok = NULL;
+    if (tokp && cr_tokenizer_open_file(tokp, 0, &tok, &err)) return cli_error("%s", err.msg);
+    sp.tok = tok;
+    cr_model *m = NULL;
+    int rc = 0;
+    double t0 = cr_now();
+    if (cr_synth(&sp, &m, &err)) rc = cli_error("%s", err.msg);
+    if (!rc && cr_model_write_gguf(m, outp, dtype, 0, NULL, &err)) rc = cli_error("%s", err.msg);
+    if (!rc && uout && cr_unigram_save(m->unigram, uout, &err)) rc = cli_error("%s", err.msg);
+    if (!rc) {
+        printf("wrote %s: %s, %d layers, d %d, %d heads, %d neurons, vocab %d, ctx %d, %s, seed %llu (%.2f s)\n", outp, cr_arch_name(sp.arch),
+               sp.n_layers, sp.d_model, sp.n_heads, sp.d_mlp, m->cfg.n_vocab, sp.n_ctx, cr_dtype_name(dtype), (unsigned long long)sp.seed, cr_now() - t0);
+        printf("planted entropy neuron:   %d.%d (output in a %d-dimensional null space of W_U)\n", sp.n_layers - 1, sp.entropy_neuron,
+               cr_default_k(sp.d_model) - (sp.arch == CR_ARCH_GPT2 ? 1 : 0) < 1 ? 1 : cr_default_k(sp.d_model) - (sp.arch == CR_ARCH_GPT2 ? 1 : 0));
+        printf("planted frequency neuron: %d.%d (output along the log-unigram direction)\n", sp.n_layers - 1, sp.freq_neuron);
+    }
+    cr_model_close(m);
+    cr_tokenizer_close(tok);
+    return rc;
+}
+
+/* ---- induction ---- */
+static int cli_head_list(const char *s, int n_layers, int n_heads, int **out, int *n) {
+    int cap = 1;
+    for (const char *p = s; *p; p++) cap += *p == ',';
+    *out = cr_malloc((size_t)cap * 2, sizeof **out);
+    *n = 0;
+    if (!*out) return cli_error("out of memory"), 0;
+    for (const char *p = s; *p;) {
+        char *end;
+        long l = strtol(p, &end, 10), h;
+        if (end == p || *end != '.') return cli_error("bad head '%s': heads are named LAYER.HEAD, e.g. 5.1", p), 0;
+        const char *q = end + 1;
+        h = strtol(q, &end, 10);
+        if (end == q || (*end && *end != ',')) return cli_error("bad head list '%s'", s), 0;
+        if (l < 0 || l >= n_layers || h < 0 || h >= n_heads) return cli_error("head %ld.%ld out of range (%d layers x %d heads)", l, h, n_layers, n_heads), 0;
+        (*out)[2 * *n] = (int)l, (*out)[2 * *n + 1] = (int)h, (*n)++;
+        p = *end ? end + 1 : end;
+    }
+    return 1;
+}
+
+typedef struct cli_induction {
+    cr_induction_result res;
+    int *neurons, n_neurons, *heads, n_heads, N, n_seqs, random;
+} cli_induction;
+
+/* Shared by `induction` and `report`: builds sequences and runs the analysis. */
+static int cli_run_induction(const cr_model *m, const char *const *files, int n_files, long N, long n_seqs, int random, long seed,
+                             const char *neus, const char *heads, int n_threads, cli_induction *ci) {
+    const cr_config *c = cr_model_config(m);
+    memset(ci, 0, sizeof *ci);
+    ci->N = (int)N, ci->n_seqs = (int)n_seqs, ci->random = random;
+    int32_t *seqs = cr_malloc((size_t)n_seqs * (size_t)N, 4), *rnd = cr_malloc((size_t)n_seqs * (size_t)N, 4);
+    if (!seqs || !rnd) { free(seqs), free(rnd); return cli_error("out of memory"), 0; }
+    uint64_t st = (uint64_t)seed;
+    /* Random tokens avoid the special ids so the repeat is all text. */
+    for (long i = 0; i < n_seqs * N; i++) {
+        int32_t t;
+        do t = (int32_t)(cr_rng_next(&st) % (uint64_t)m->tok_embd.rows); while (t == c->bos_id || t == c->eos_id);
+        rnd[i] = t;
+    }
+    int ok = 1;
+    if (random) memcpy(seqs, rnd, (size_t)n_seqs * (size_t)N * 4);
+    else {
+        cr_rows rows = {0};
+        if (!cli_make_rows(m, files, n_files, N + 1, n_seqs, NULL, &rows)) ok = 0;
+        else if (rows.n_rows < n_seqs || rows.len[rows.n_rows - 1] < N + 1) {
+            ok = cli_error("the text gives only %d full rows of %ld tokens; need %ld (lower --seqs or -N)", rows.n_rows - (rows.len[rows.n_rows - 1] < N + 1), N, n_seqs);
+        } else {
+            for (long q = 0; q < n_seqs; q++) memcpy(seqs + q * N, rows.ids + (size_t)q * rows.ctx + 1, (size_t)N * 4);
+        }
+        cr_rows_free(&rows);
+    }
+    if (ok && neus) ok = cli_neuron_list(neus, c->n_layers - 1, c->d_mlp, &ci->neurons, &ci->n_neurons);
+    else if (ok) {
+        /* Default: the three final-layer neurons with the highest rho. */
+        cr_unembed u;
+        cr_err err;
+        cr_neuron_row *all = cr_calloc((size_t)c->d_mlp, sizeof *all);
+        ci->neurons = cr_malloc(3, sizeof *ci->neurons);
+        if (!all || !ci->neurons || cr_unembed_make(m, &u, &err)) ok = cli_error("%s", all && ci->neurons ? err.msg : "out of memory");
+        else {
+            if (cr_weight_metrics(m, c->n_layers - 1, cr_default_k(c->d_model), &u, NULL, all, NULL, n_threads, &err)) ok = cli_error("%s", err.msg);
+            cr_unembed_free(&u);
+            int *idx = cr_malloc((size_t)c->d_mlp, sizeof *idx);
+            if (ok && idx) {
+                for (int i = 0; i < c->d_mlp; i++) idx[i] = i;
+                cli_sort_ctx sc = {all, COL_RHO, 0};
+                cli_sort(idx, c->d_mlp, &sc);
+                ci->n_neurons = c->d_mlp < 3 ? c->d_mlp : 3;
+                memcpy(ci->neurons, idx, (size_t)ci->n_neurons * sizeof *idx);
+            }
+            free(idx);
+        }
+        free(all);
+    }
+    if (ok && heads && !cli_head_list(heads, c->n_layers, c->n_heads, &ci->heads, &ci->n_heads)) ok = 0;
+    if (ok) {
+        cr_induction_spec sp = {(int)N, (int)n_seqs, seqs, rnd, (int)n_seqs, ci->neurons, ci->n_neurons, ci->heads, ci->n_heads, n_threads};
+        cr_err err;
+        if (cr_induction(m, &sp, &ci->res, &err)) ok = cli_error("%s", err.msg);
+    }
+    free(seqs), free(rnd);
+    return ok;
+}
+
+static void cli_induction_free(cli_induction *ci) {
+    cr_induction_result_free(&ci->res);
+    free(ci->neurons), free(ci->heads);
+}
+
+/* Means of a per-position array over the first copy (1..N) and the second (N+1..2N). */
+static void cli_copy_means(const double *v, int N, double *first, double *second) {
+    double a = 0, b = 0;
+    for (int t = 1; t <= N; t++) a += v[t];
+    for (int t = N + 1; t <= 2 * N; t++) b += v[t];
+    *first = a / N, *second = b / N;
+}
+
+static void cli_print_induction(FILE *out, const cr_model *m, const cli_induction *ci, int format) {
+    const cr_config *c = cr_model_config(m);
+    const cr_induction_result *r = &ci->res;
+    const int N = ci->N, T = r->T, Lf = c->n_layers - 1;
+    double h1, h2, l1, l2;
+    cli_copy_means(r->entropy, N, &h1, &h2);
+    /* loss at the last position is undefined; average the second copy over N-1 positions */
+    l1 = 0, l2 = 0;
+    for (int t = 1; t <= N; t++) l1 += r->loss[t];
+    for (int t = N + 1; t < T - 1; t++) l2 += r->loss[t];
+    l1 /= N, l2 /= (N - 1);
+    if (format == 2) {
+        fprintf(out, "{\"N\": %d, \"sequences\": %d, \"random\": %s, \"entropy_first\": %.6f, \"entropy_second\": %.6f, \"loss_first\": %.6f, \"loss_second\": %.6f,\n",
+                N, ci->n_seqs, ci->random ? "true" : "false", h1, h2, l1, l2);
+        fprintf(out, " \"neurons\": [");
+        for (int j = 0; j < ci->n_neurons; j++) {
+            double a1, a2, hr = 0, lr = 0;
+            cli_copy_means(r->act + (size_t)j * T, N, &a1, &a2);
+            for (int t = N + 1; t < T - 1; t++) hr += r->h_ratio[(size_t)j * T + t], lr += r->l_ratio[(size_t)j * T + t];
+            fprintf(out, "%s{\"neuron\": \"%d.%d\", \"act_first\": %.6f, \"act_second\": %.6f, \"clip_value\": %.6f, \"rises\": %s, \"h_ratio_second\": %.6f, \"l_ratio_second\": %.6f}",
+                    j ? ", " : "", Lf, ci->neurons[j], a1, a2, r->first_mean[j], r->rises[j] ? "true" : "false", hr / (N - 1), lr / (N - 1));
+        }
+        fprintf(out, "],\n \"heads\": [");
+        for (int l = 0, k = 0; l < c->n_layers; l++)
+            for (int h = 0; h < c->n_heads; h++, k++) fprintf(out, "%s{\"head\": \"%d.%d\", \"score\": %.6f}", k ? ", " : "", l, h, r->head_score[(size_t)l * c->n_heads + h]);
+        fprintf(out, "],\n \"bos_ablation\": [");
+        for (int b = 0; b < ci->n_heads; b++) {
+            const double *x = r->bos + (size_t)b * 8;
+            fprintf(out, "%s{\"head\": \"%d.%d\", \"act_clean\": %.6f, \"act_ablated\": %.6f, \"scale_clean\": %.6f, \"scale_ablated\": %.6f, \"entropy_clean\": %.6f, \"entropy_ablated\": %.6f, \"loss_clean\": %.6f, \"loss_ablated\": %.6f}",
+                    b ? ", " : "", ci->heads[2 * b], ci->heads[2 * b + 1], x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]);
+        }
+        fprintf(out, "],\n \"positions\": [");
+        for (int t = 0; t < T; t++) {
+            fprintf(out, "%s{\"pos\": %d, \"entropy\": %.6f, \"loss\": %.6f", t ? ",\n  " : "", t, r->entropy[t], r->loss[t]);
+            for (int j = 0; j < ci->n_neurons; j++)
+                fprintf(out, ", \"act_%d.%d\": %.6f, \"h_ratio_%d.%d\": %.6f, \"l_ratio_%d.%d\": %.6f", Lf, ci->neurons[j], r->act[(size_t)j * T + t], Lf, ci->neurons[j],
+                        r->h_ratio[(size_t)j * T + t], Lf, ci->neurons[j], r->l_ratio[(size_t)j * T + t]);
+            fprintf(out, "}");
+        }
+        fprintf(out, "]}\n");
+        return;
+    }
+    if (format == 1) {
+        fprintf(out, "pos,copy,entropy,loss");
+        for (int j = 0; j < ci->n_neurons; j++) fprintf(out, ",act_%d.%d,h_ratio_%d.%d,l_ratio_%d.%d", Lf, ci->neurons[j], Lf, ci->neurons[j], Lf, ci->neurons[j]);
+        fprintf(out, "\n");
+        for (int t = 0; t < T; t++) {
+            fprintf(out, "%d,%d,%.6f,%.6f", t, t == 0 ? 0 : t <= N ? 1 : 2, r->entropy[t], r->loss[t]);
+            for (int j = 0; j < ci->n_neurons; j++) fprintf(out, ",%.6f,%.6f,%.6f", r->act[(size_t)j * T + t], r->h_ratio[(size_t)j * T + t], r->l_ratio[(size_t)j * T + t]);
+            fprintf(out, "\n");
+        }
+        return;
+    }
+    fprintf(out, "# induction: %d sequences of [BOS] + S + S, |S| = %d (%s)\n", ci->n_seqs, N, ci->random ? "random tokens" : "natural text");
+    fprintf(out, "%-22s %10s %10s\n", "", "1st copy", "2nd copy");
+    fprintf(out, "%-22s %10.4f %10.4f\n", "mean entropy (nats)", h1, h2);
+    fprintf(out, "%-22s %10.4f %10.4f\n", "mean loss (nats)", l1, l2);
+    for (int j = 0; j < ci->n_neurons; j++) {
+        double a1, a2;
+        cli_copy_means(r->act + (size_t)j * T, N, &a1, &a2);
+        char name[48];
+        snprintf(name, sizeof name, "activation %d.%d", Lf, ci->neurons[j]);
+        fprintf(out, "%-22s %10.4f %10.4f\n", name, a1, a2);
+    }
+    fprintf(out, "\n# clip ablation towards the first-copy mean (second copy, mean over positions)\n%-9s %10s %6s %14s %14s %12s\n", "neuron", "clip", "rises", "H_after/H_bef",
+            "L_after/L_bef", "entropy cut");
+    for (int j = 0; j < ci->n_neurons; j++) {
+        double hr = 0, lr = 0;
+        for (int t = N + 1; t < T - 1; t++) hr += r->h_ratio[(size_t)j * T + t], lr += r->l_ratio[(size_t)j * T + t];
+        hr /= (N - 1), lr /= (N - 1);
+        char name[32];
+        snprintf(name, sizeof name, "%d.%d", Lf, ci->neurons[j]);
+        fprintf(out, "%-9s %10.4f %6s %14.4f %14.4f %11.1f%%\n", name, r->first_mean[j], r->rises[j] ? "yes" : "no", hr, lr, 100 * (1 - hr));
+    }
+    fprintf(out, "\n# induction heads (score: mean attention from the second copy to the token after the earlier occurrence)\n");
+    int shown = 0;
+    for (int pass = 0; pass < 2; pass++)
+        for (int l = 0; l < c->n_layers; l++)
+            for (int h = 0; h < c->n_heads; h++) {
+                double sc = r->head_score[(size_t)l * c->n_heads + h];
+                if ((pass == 0) != (sc > 0.7)) continue;
+                if (pass == 1 && shown >= 5) continue;
+                fprintf(out, "%d.%-6d %.4f%s\n", l, h, sc, sc > 0.7 ? "  induction head" : "");
+                shown++;
+            }
+    if (ci->n_heads) {
+        fprintf(out, "\n# BOS ablation at each second-copy position (all attention of the head on BOS); neuron %d.%d\n%-8s %21s %21s %21s %21s\n",
+                Lf, ci->n_neurons ? ci->neurons[0] : 0, "head", "activation", "norm scale", "entropy", "loss");
+        for (int b = 0; b < ci->n_heads; b++) {
+            const double *x = r->bos + (size_t)b * 8;
+            char name[32];
+            snprintf(name, sizeof name, "%d.%d", ci->heads[2 * b], ci->heads[2 * b + 1]);
+            fprintf(out, "%-8s %9.4f -> %8.4f %9.4f -> %8.4f %9.4f -> %8.4f %9.4f -> %8.4f\n", name, x[0], x[1], x[2], x[3], x[4], x[5], x[6], x[7]);
+        }
+    }
+}
+
+static int cmd_induction(int argc, char **argv) {
+    const char *tokp = NULL, *Ns = NULL, *seqss = NULL, *rnd = NULL, *seeds = NULL, *neus = NULL, *heads = NULL, *thr = NULL, *csv = NULL, *json = NULL, *pos[64];
+    int np;
+    cli_opt opts[] = {{"-N", 1, &Ns, "length of S (default 99, or what the context allows)"}, {"--seqs", 1, &seqss, "sequences (default 16)"},
+                      {"--random", 0, &rnd, "S of random tokens instead of natural text"}, {"--seed", 1, &seeds, "seed for random tokens (default 1)"},
+                      {"--neurons", 1, &neus, "final-layer neurons to follow (default: the 3 with the highest rho)"},
+                      {"--bos-ablate", 1, &heads, "heads to BOS-ablate, LAYER.HEAD,..."}, {"--threads", 1, &thr, "threads"},
+                      {"--tokenizer", 1, &tokp, "tokenizer file or directory"}, {"--csv", 0, &csv, "per-position CSV"}, {"--json", 0, &json, "JSON"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 64, &np);
+    if (pr == 2) return cli_usage("induction", "[MODEL [TEXT...]]", "The induction case study: entropy, loss and neuron activations on [BOS]+S+S, clip ablation,\n"
+                                  "induction-head scores, and BOS ablation of chosen heads.", opts), 0;
+    if (pr) return 2;
+    cr_model *m = cli_open_model(np ? pos[0] : CR_DEFAULT_MODEL, tokp);
+    if (!m) return 1;
+    const cr_config *c = cr_model_config(m);
+    long N = (c->n_ctx - 1) / 2 < 99 ? (c->n_ctx - 1) / 2 : 99, n_seqs = 16, seed = 1, threads = 0;
+    int rc = 0;
+    if ((Ns && !cli_int(Ns, "-N", 2, (c->n_ctx - 1) / 2, &N)) || (seqss && !cli_int(seqss, "--seqs", 1, 100000, &n_seqs)) ||
+        (seeds && !cli_int(seeds, "--seed", 0, LONG_MAX, &seed)) || (thr && !cli_int(thr, "--threads", 1, 1024, &threads)))
+        rc = 2;
+    const char *default_text[] = {CR_DEFAULT_TEXT};
+    cli_induction ci;
+    if (!rc && !cli_run_induction(m, np > 1 ? pos + 1 : default_text, np > 1 ? np - 1 : 1, N, n_seqs, rnd != NULL, seed, neus, heads, (int)threads, &ci)) rc = 1;
+    else if (!rc) {
+        cli_print_induction(stdout, m, &ci, cli_format(csv, json));
+        cli_induction_free(&ci);
+    }
+    cr_model_close(m);
+    return rc;
+}
+
 static const cli_cmd cli_cmds[] = {
     {"info", "[MODEL]", "architecture, dimensions, dtypes, memory", cmd_info},
     {"tokenize", "MODEL [FILE] [--text STR]", "token ids of a text", cmd_tokenize},
@@ -4708,6 +6851,12 @@ static const cli_cmd cli_cmds[] = {
     {"generate", "[MODEL] [--prompt TEXT]", "greedy or sampled continuation", cmd_generate},
     {"convert", "MODEL -o OUT.gguf", "write GGUF (F32, F16, Q8_0)", cmd_convert},
     {"dump", "MODEL --ids|--text -o DIR", "logits, residuals, norm scales, activations as .npy", cmd_dump},
+    {"neurons", "[MODEL]", "weight metrics: norm, LogitVar, rho, freq_cos", cmd_neurons},
+    {"unigram", "MODEL CORPUS... -o COUNTS", "token counts for P_freq", cmd_unigram},
+    {"ablate", "[MODEL [TEXT...]]", "mean ablation: TE, DE, LN-mediated fraction, dH, dKL", cmd_ablate},
+    {"freq", "[MODEL [TEXT...]] --unigram C", "token-frequency neurons", cmd_freq},
+    {"induction", "[MODEL [TEXT...]]", "induction case study: copies, clip ablation, heads", cmd_induction},
+    {"synth", "-o OUT.gguf", "a model with planted entropy and frequency neurons", cmd_synth},
     {NULL, NULL, NULL, NULL}};
 
 static void cli_main_usage(void) {

@@ -115,8 +115,10 @@ void cr_model_dtype_counts(const cr_model *m, int counts[4]);
  * flags: CR_GGUF_TIED stores a tied GPT-2 unembedding once (by default it is written twice,
  * because llama.cpp's gpt2 loader requires output.weight). */
 #define CR_GGUF_TIED 1
+typedef struct cr_unigram cr_unigram;
 int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, int flags,
-                        const uint32_t *unigram_counts, int32_t n_counts, cr_err *err);
+                        const cr_unigram *unigram, cr_err *err);   /* unigram: NULL = the model's own */
+const cr_unigram *cr_model_unigram(const cr_model *m);   /* counts carried in a GGUF, or NULL */
 
 /* ---- forward pass ---------------------------------------------------------------------- */
 typedef struct cr_session cr_session;
@@ -149,6 +151,17 @@ int  cr_forward(cr_session *s, const int32_t *ids, int n, int pos0, const cr_cap
 /* ---- output statistics ------------------------------------------------------------------ */
 /* log-sum-exp and entropy (nats) of softmax(z) over n entries, in one pass. */
 void cr_logits_stats(const float *z, int n, double *lse, double *entropy);
+
+/* ---- unigram counts ---------------------------------------------------------------------- */
+int  cr_unigram_open_empty(int32_t n_vocab, cr_unigram **out, cr_err *err);
+/* Reads a counts file written by cr_unigram_save; n_vocab > 0 demands exactly that width. */
+int  cr_unigram_open(const char *path, int32_t n_vocab, cr_unigram **out, cr_err *err);
+void cr_unigram_close(cr_unigram *u);
+int  cr_unigram_add_text(cr_unigram *u, const cr_tokenizer *tok, const char *text, size_t len, cr_err *err);
+int  cr_unigram_save(const cr_unigram *u, const char *path, cr_err *err);
+int32_t cr_unigram_n_vocab(const cr_unigram *u);
+uint64_t cr_unigram_total(const cr_unigram *u);
+const uint64_t *cr_unigram_counts(const cr_unigram *u);
 
 /* ---- files ------------------------------------------------------------------------------ */
 /* Writes a float32 C-order .npy array (ndim 1 or 2) atomically (temporary name + rename). */

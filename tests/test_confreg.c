@@ -116,21 +116,18 @@ static int t_json_ints(const js_doc *d, const js_node *arr, int32_t *out, int ca
 }
 
 struct t_case { const char *name; void (*fn)(void); };
-static uint64_t cr_rng_next_t(uint64_t *st) {
-    uint64_t z = (*st += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
+#define cr_rng_next_t cr_rng_next
 #include "t_fixtures.inc"
 #include "t_engine.inc"
 #include "t_tokenizer.inc"
 #include "t_badinput.inc"
+#include "t_analysis.inc"
 
 static const struct t_case t_cases[] = {
     T_ENGINE_CASES
     T_TOKENIZER_CASES
     T_BADINPUT_CASES
+    T_ANALYSIS_CASES
     {NULL, NULL}};
 
 int main(int argc, char **argv) {
