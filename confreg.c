@@ -61,6 +61,9 @@
 #define CR_MAX_VOCAB (1 << 22)
 #define CR_MAX_CTX (1 << 20)
 #define CR_MAX_SHARDS 1024
+/* Multiply-adds below which a loop stays on one thread: forking costs microseconds, and on a
+ * shared machine idle OpenMP threads spin. */
+#define CR_PAR_MIN (1 << 16)
 
 /* Scalar twins of SIMD kernels are compiled in every build, for tests and `selftest`. */
 #if defined(__GNUC__)
@@ -1430,6 +1433,156 @@ static float cr_dot_q8f(const unsigned char *w, const float *x, int64_t n) { ret
 #define CR_KERNEL_ISA "scalar"
 #endif
 
+/* ---- the fused ablation kernel --------------------------------------------------------------
+ * For one (token, neuron) pair and a chunk of the vocabulary, with a = z0 + delta g:
+ *   TE logits  zt = a inv_t + b,   DE logits  zd = a inv_d + b,   frequency-restored zf = zt + cf v,
+ * it accumulates S = sum exp(z - shift) and E = sum exp(z - shift) (z - shift) for zt and zd, and
+ * S for zf.  Each shift is an upper bound of its variant's maximum fixed before the pass (so
+ * the vocabulary can be split into cache-sized chunks); then lse = shift + log S and
+ * H = log S - E / S.  The exponential is exp(x) = 2^n p(r) with x = n ln2 + r, |r| <= ln2/2, and
+ * p the degree-6 Taylor polynomial: relative error below 2e-7 for -87 <= x <= 88 (tested). */
+
+typedef struct cr_fused_par { float delta, inv_t, inv_d, cf, shift_t, shift_d, shift_f; int has_f; } cr_fused_par;
+
+#define CR_LN2_HI 0.693359375f
+#define CR_LN2_LO (-2.12194440e-4f)
+#define CR_LOG2E 1.44269504088896341f
+
+static float cr_exp_poly(float x) {
+    x = x < -87.0f ? -87.0f : x > 88.0f ? 88.0f : x;
+    float n = nearbyintf(x * CR_LOG2E);
+    float r = fmaf(-n, CR_LN2_HI, x);
+    r = fmaf(-n, CR_LN2_LO, r);
+    float p = 1.0f / 720;
+    p = fmaf(p, r, 1.0f / 120), p = fmaf(p, r, 1.0f / 24), p = fmaf(p, r, 1.0f / 6), p = fmaf(p, r, 0.5f), p = fmaf(p, r, 1.0f), p = fmaf(p, r, 1.0f);
+    uint32_t bits = (uint32_t)((int32_t)n + 127) << 23;
+    float s;
+    memcpy(&s, &bits, 4);
+    return p * s;
+}
+
+CR_UNUSED static void cr_fused_chunk_scalar(const float *z0, const float *g, const float *b, const float *v, int n, const cr_fused_par *p, double *acc) {
+    double st = 0, et = 0, sd = 0, ed = 0, sf = 0;
+    for (int t = 0; t < n; t++) {
+        float a = fmaf(p->delta, g[t], z0[t]);
+        float zt = fmaf(a, p->inv_t, b[t]) - p->shift_t, zd = fmaf(a, p->inv_d, b[t]) - p->shift_d;
+        float xt = cr_exp_poly(zt), xd = cr_exp_poly(zd);
+        st += xt, et += (double)xt * zt, sd += xd, ed += (double)xd * zd;
+        if (p->has_f) sf += cr_exp_poly(fmaf(p->cf, v[t], zt) + (p->shift_t - p->shift_f));
+    }
+    acc[0] += st, acc[1] += et, acc[2] += sd, acc[3] += ed, acc[4] += sf;
+}
+
+#if defined(CR_AVX2) && defined(__AVX512F__)
+static inline __m512 cr_exp16(__m512 x) {
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(CR_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(CR_LN2_HI), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(CR_LN2_LO), r);
+    __m512 q = _mm512_set1_ps(1.0f / 720);
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 120)), q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 24));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 6)), q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(0.5f));
+    q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f)), q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
+    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
+    return _mm512_mul_ps(q, _mm512_castsi512_ps(e));
+}
+static inline double cr_hsum512d(__m512 v) {
+    __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v)), hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+    return _mm512_reduce_add_pd(_mm512_add_pd(lo, hi));
+}
+static void cr_fused_chunk(const float *z0, const float *g, const float *b, const float *v, int n, const cr_fused_par *p, double *acc) {
+    const __m512 dl = _mm512_set1_ps(p->delta), it = _mm512_set1_ps(p->inv_t), id = _mm512_set1_ps(p->inv_d), cf = _mm512_set1_ps(p->cf);
+    const __m512 sht = _mm512_set1_ps(p->shift_t), shd = _mm512_set1_ps(p->shift_d), dft = _mm512_set1_ps(p->shift_t - p->shift_f);
+    int t = 0;
+    /* Float partial sums over at most 16 vectors, then into double: keeps the sums exact to ~1e-7. */
+    while (t + 16 <= n) {
+        __m512 st = _mm512_setzero_ps(), et = st, sd = st, ed = st, sf = st;
+        int end = t + 256 <= n ? t + 256 : n - (n - t) % 16;
+        for (; t < end; t += 16) {
+            __m512 a = _mm512_fmadd_ps(dl, _mm512_loadu_ps(g + t), _mm512_loadu_ps(z0 + t)), bb = _mm512_loadu_ps(b + t);
+            __m512 zt = _mm512_sub_ps(_mm512_fmadd_ps(a, it, bb), sht), zd = _mm512_sub_ps(_mm512_fmadd_ps(a, id, bb), shd);
+            __m512 xt = cr_exp16(zt), xd = cr_exp16(zd);
+            st = _mm512_add_ps(st, xt), et = _mm512_fmadd_ps(xt, zt, et), sd = _mm512_add_ps(sd, xd), ed = _mm512_fmadd_ps(xd, zd, ed);
+            if (p->has_f) sf = _mm512_add_ps(sf, cr_exp16(_mm512_add_ps(_mm512_fmadd_ps(cf, _mm512_loadu_ps(v + t), zt), dft)));
+        }
+        acc[0] += cr_hsum512d(st), acc[1] += cr_hsum512d(et), acc[2] += cr_hsum512d(sd), acc[3] += cr_hsum512d(ed), acc[4] += cr_hsum512d(sf);
+    }
+    if (t < n) cr_fused_chunk_scalar(z0 + t, g + t, b + t, v ? v + t : NULL, n - t, p, acc);
+}
+#define CR_FUSED_ISA "avx512"
+#elif defined(CR_AVX2)
+static inline __m256 cr_exp8(__m256 x) {
+    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.0f)), _mm256_set1_ps(88.0f));
+    __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(CR_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(CR_LN2_HI), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(CR_LN2_LO), r);
+    __m256 q = _mm256_set1_ps(1.0f / 720);
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 120)), q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 24));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f / 6)), q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(0.5f));
+    q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f)), q = _mm256_fmadd_ps(q, r, _mm256_set1_ps(1.0f));
+    __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(q, _mm256_castsi256_ps(e));
+}
+static inline double cr_hsum256d(__m256 v) {
+    __m256d s = _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+    __m128d h = _mm_add_pd(_mm256_castpd256_pd128(s), _mm256_extractf128_pd(s, 1));
+    return _mm_cvtsd_f64(_mm_add_sd(h, _mm_unpackhi_pd(h, h)));
+}
+static void cr_fused_chunk(const float *z0, const float *g, const float *b, const float *v, int n, const cr_fused_par *p, double *acc) {
+    const __m256 dl = _mm256_set1_ps(p->delta), it = _mm256_set1_ps(p->inv_t), id = _mm256_set1_ps(p->inv_d), cf = _mm256_set1_ps(p->cf);
+    const __m256 sht = _mm256_set1_ps(p->shift_t), shd = _mm256_set1_ps(p->shift_d), dft = _mm256_set1_ps(p->shift_t - p->shift_f);
+    int t = 0;
+    while (t + 8 <= n) {
+        __m256 st = _mm256_setzero_ps(), et = st, sd = st, ed = st, sf = st;
+        int end = t + 128 <= n ? t + 128 : n - (n - t) % 8;
+        for (; t < end; t += 8) {
+            __m256 a = _mm256_fmadd_ps(dl, _mm256_loadu_ps(g + t), _mm256_loadu_ps(z0 + t)), bb = _mm256_loadu_ps(b + t);
+            __m256 zt = _mm256_sub_ps(_mm256_fmadd_ps(a, it, bb), sht), zd = _mm256_sub_ps(_mm256_fmadd_ps(a, id, bb), shd);
+            __m256 xt = cr_exp8(zt), xd = cr_exp8(zd);
+            st = _mm256_add_ps(st, xt), et = _mm256_fmadd_ps(xt, zt, et), sd = _mm256_add_ps(sd, xd), ed = _mm256_fmadd_ps(xd, zd, ed);
+            if (p->has_f) sf = _mm256_add_ps(sf, cr_exp8(_mm256_add_ps(_mm256_fmadd_ps(cf, _mm256_loadu_ps(v + t), zt), dft)));
+        }
+        acc[0] += cr_hsum256d(st), acc[1] += cr_hsum256d(et), acc[2] += cr_hsum256d(sd), acc[3] += cr_hsum256d(ed), acc[4] += cr_hsum256d(sf);
+    }
+    if (t < n) cr_fused_chunk_scalar(z0 + t, g + t, b + t, v ? v + t : NULL, n - t, p, acc);
+}
+#define CR_FUSED_ISA "avx2"
+#elif defined(CR_NEON)
+static inline float32x4_t cr_exp4(float32x4_t x) {
+    x = vminq_f32(vmaxq_f32(x, vdupq_n_f32(-87.0f)), vdupq_n_f32(88.0f));
+    float32x4_t n = vrndnq_f32(vmulq_n_f32(x, CR_LOG2E));
+    float32x4_t r = vfmsq_f32(x, n, vdupq_n_f32(CR_LN2_HI));
+    r = vfmsq_f32(r, n, vdupq_n_f32(CR_LN2_LO));
+    float32x4_t q = vdupq_n_f32(1.0f / 720);
+    q = vfmaq_f32(vdupq_n_f32(1.0f / 120), q, r), q = vfmaq_f32(vdupq_n_f32(1.0f / 24), q, r), q = vfmaq_f32(vdupq_n_f32(1.0f / 6), q, r);
+    q = vfmaq_f32(vdupq_n_f32(0.5f), q, r), q = vfmaq_f32(vdupq_n_f32(1.0f), q, r), q = vfmaq_f32(vdupq_n_f32(1.0f), q, r);
+    int32x4_t e = vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23);
+    return vmulq_f32(q, vreinterpretq_f32_s32(e));
+}
+static inline double cr_hsum4d(float32x4_t v) { return vaddvq_f64(vaddq_f64(vcvt_f64_f32(vget_low_f32(v)), vcvt_high_f64_f32(v))); }
+static void cr_fused_chunk(const float *z0, const float *g, const float *b, const float *v, int n, const cr_fused_par *p, double *acc) {
+    int t = 0;
+    while (t + 4 <= n) {
+        float32x4_t st = vdupq_n_f32(0), et = st, sd = st, ed = st, sf = st;
+        int end = t + 64 <= n ? t + 64 : n - (n - t) % 4;
+        for (; t < end; t += 4) {
+            float32x4_t a = vfmaq_n_f32(vld1q_f32(z0 + t), vld1q_f32(g + t), p->delta), bb = vld1q_f32(b + t);
+            float32x4_t zt = vsubq_f32(vfmaq_n_f32(bb, a, p->inv_t), vdupq_n_f32(p->shift_t));
+            float32x4_t zd = vsubq_f32(vfmaq_n_f32(bb, a, p->inv_d), vdupq_n_f32(p->shift_d));
+            float32x4_t xt = cr_exp4(zt), xd = cr_exp4(zd);
+            st = vaddq_f32(st, xt), et = vfmaq_f32(et, xt, zt), sd = vaddq_f32(sd, xd), ed = vfmaq_f32(ed, xd, zd);
+            if (p->has_f) sf = vaddq_f32(sf, cr_exp4(vaddq_f32(vfmaq_n_f32(zt, vld1q_f32(v + t), p->cf), vdupq_n_f32(p->shift_t - p->shift_f))));
+        }
+        acc[0] += cr_hsum4d(st), acc[1] += cr_hsum4d(et), acc[2] += cr_hsum4d(sd), acc[3] += cr_hsum4d(ed), acc[4] += cr_hsum4d(sf);
+    }
+    if (t < n) cr_fused_chunk_scalar(z0 + t, g + t, b + t, v ? v + t : NULL, n - t, p, acc);
+}
+#define CR_FUSED_ISA "neon"
+#else
+#define cr_fused_chunk cr_fused_chunk_scalar
+#define CR_FUSED_ISA "scalar"
+#endif
+
 /* One row of a matrix as floats (embedding lookups, weight analyses). */
 static void cr_mat_row(const cr_mat *w, int64_t r, float *out) {
     if (w->trans) {
@@ -1459,7 +1612,7 @@ static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, 
     if (w->trans) {
         /* [cols, rows] storage: accumulate scaled rows, splitting output columns over threads. */
         const int64_t chunk = 64;
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (R * C * n >= CR_PAR_MIN)
         for (int64_t r0 = 0; r0 < R; r0 += chunk) {
             int64_t r1 = r0 + chunk < R ? r0 + chunk : R;
             for (int t = 0; t < n; t++) {
@@ -1484,7 +1637,7 @@ static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, 
     }
     const uint64_t rb = cr_row_bytes(w->dtype, (uint64_t)C);
     const uint64_t xqb = cr_row_bytes(CR_Q8_0, (uint64_t)C);
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(n_threads) schedule(static) if (R * C * n >= CR_PAR_MIN)
     for (int64_t r = 0; r < R; r++) {
         const unsigned char *wr = w->data + (uint64_t)r * rb;
         float b = bias ? bias[r] : 0.0f;
@@ -2248,7 +2401,8 @@ static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_cap
     int hooked = cap && ((cap->attn && cap->attn[layer]) || cap->attn_edit);
     float *probs = hooked ? s->probs : NULL;
     const int win = s->m->sliding_window;
-#pragma omp parallel for num_threads(s->n_threads) schedule(static) collapse(2)
+    const int par = (int64_t)H * n * n_keys * hd >= CR_PAR_MIN;
+#pragma omp parallel for num_threads(s->n_threads) schedule(static) collapse(2) if (par)
     for (int h = 0; h < H; h++)
         for (int t = 0; t < n; t++) {
 #ifdef _OPENMP
@@ -2284,7 +2438,7 @@ static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_cap
     if (!probs) return;
     if (cap->attn_edit) cap->attn_edit(cap->user, layer, pos0, n, n_keys, H, probs);
     if (cap->attn && cap->attn[layer]) memcpy(cap->attn[layer], probs, (size_t)H * (size_t)n * (size_t)n_keys * sizeof *probs);
-#pragma omp parallel for num_threads(s->n_threads) schedule(static) collapse(2)
+#pragma omp parallel for num_threads(s->n_threads) schedule(static) collapse(2) if (par)
     for (int h = 0; h < H; h++)
         for (int t = 0; t < n; t++) {
             const float *pr = probs + ((size_t)h * (size_t)n + (size_t)t) * (size_t)n_keys;
@@ -4119,7 +4273,7 @@ static int cr_eval_rows(const cr_model *m, const cr_rows *rows, int n_threads, i
         res->n_forward += n;
         /* Per-position statistics in parallel, summed in position order so that the result
          * does not depend on the thread count. */
-#pragma omp parallel for num_threads(s->n_threads) schedule(static)
+#pragma omp parallel for num_threads(s->n_threads) schedule(static) if ((int64_t)n * V >= CR_PAR_MIN)
         for (int t = 0; t < n - 1; t++) {
             double lse, ent;
             cr_logits_stats(logits + (size_t)t * (size_t)V, V, &lse, &ent);
@@ -4793,6 +4947,7 @@ static void cr_fused_ablation_scalar(const float *z0, const float *g, const floa
 /* Per-token quantities of the clean run, for the rank-1 identity. */
 typedef struct cr_tok_state {
     float s, inv_s;              /* final-norm scale */
+    double zmax, z0abs;          /* clean maximum logit, max |z0|: bounds for the kernel's shifts */
     int32_t target;
     double lse, h, zy, zv, zp;   /* clean log-sum-exp, entropy, target logit, <v,z>, <P,z> */
 } cr_tok_state;
@@ -4801,7 +4956,8 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                           cr_ablate_acc *acc, cr_err *err) {
     const cr_config *c = &m->cfg;
     const int d = c->d_model, f = c->d_mlp, V = c->n_vocab, L = sp->layer, NS = sp->n_neurons;
-    const int TB = sp->token_block > 0 ? sp->token_block : 512, NB = 16;
+    const int TB = sp->token_block > 0 ? sp->token_block : 512, NB = 32;
+    enum { TN = 4, TQ = 8, CH = 2048 };
     const cr_freqdir *fd = sp->fd;
     cr_unembed u;
     int rc = cr_unembed_make(m, &u, err);
@@ -4829,8 +4985,8 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
         for (int i = 0; i < d; i++) q += (double)w[(size_t)j * d + i] * w[(size_t)j * d + i];
         w2[j] = q;
     }
-    double vb = 0, pb = 0;
-    if (fd) for (int t = 0; t < V; t++) vb += (double)fd->v[t] * u.b[t], pb += (double)fd->p[t] * u.b[t];
+    double vb = 0, pb = 0, vabs = 0;
+    if (fd) for (int t = 0; t < V; t++) vb += (double)fd->v[t] * u.b[t], pb += (double)fd->p[t] * u.b[t], vabs = fmax(vabs, fabs(fd->v[t]));
     if ((rc = cr_session_open(m, rows->ctx, sp->n_threads, &s, err))) goto done;
     mlp[L] = act;
     int r = 0, tok_in_row = 0;
@@ -4875,6 +5031,9 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                 if (fd) zv += (double)fd->v[t] * z0[t], zp += (double)fd->p[t] * z0[t];
             }
             st->lse = mx + log(se), st->h = log(se) - sez / se;
+            float za = 0;
+            for (int t = 0; t < V; t++) za = fmaxf(za, fabsf(z0[t]));
+            st->zmax = mx, st->z0abs = za;
             st->zy = z0[st->target] * st->inv_s + u.b[st->target];
             st->zv = zv, st->zp = zp;   /* of z0; scaled per variant below */
             for (int j = 0; j < NS; j++) XW[(size_t)q * NS + j] = cr_dot_f32(X + (size_t)q * d, w + (size_t)j * d, d);
@@ -4882,39 +5041,82 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
         for (int j0 = 0; j0 < NS; j0 += NB) {
             int nb = j0 + NB < NS ? NB : NS - j0;
             cr_times_unembed(&u, w + (size_t)j0 * (size_t)d, nb, G, sp->n_threads);
+            /* Tiles of TN neurons x TQ tokens walk the vocabulary in cache-sized chunks, so each
+             * chunk of z0 and g is loaded once for a whole tile.  Threads take whole neuron
+             * tiles and every neuron sums its tokens in order: results do not depend on the
+             * thread count. */
+            const int n_tiles = (nb + TN - 1) / TN;
 #pragma omp parallel for num_threads(sp->n_threads) schedule(dynamic, 1)
-            for (int j = 0; j < nb; j++) {
-                const int J = j0 + j;
-                const float *g = G + (size_t)j * (size_t)V;
-                double gv = 0, gp = 0;
-                if (fd) for (int t = 0; t < V; t++) gv += (double)fd->v[t] * g[t], gp += (double)fd->p[t] * g[t];
-                const double abar = mean_act[sp->neurons[J]];
-                for (int q = 0; q < nt; q++) {
-                    const cr_tok_state *st = &ts[q];
-                    const float *z0 = Z0 + (size_t)q * (size_t)V;
-                    double delta = abar - A[(size_t)q * NS + J];
-                    double s2 = (double)st->s * st->s, s2t = s2 + (2.0 * delta * XW[(size_t)q * NS + J] + delta * delta * w2[J]) / d;
-                    double inv_t = 1.0 / sqrt(s2t), inv_d = st->inv_s;
-                    double ay = z0[st->target] + delta * g[st->target];
-                    double zty = ay * inv_t + u.b[st->target], zdy = ay * inv_d + u.b[st->target];
-                    double cf = 0, ztv = 0;
-                    if (fd) {
-                        double zcv = st->zv * st->inv_s + vb;           /* <v, z_clean> */
-                        ztv = (st->zv + delta * gv) * inv_t + vb;       /* <v, z_TE> */
-                        cf = zcv - ztv;
+            for (int tile = 0; tile < n_tiles; tile++) {
+                const int ja = tile * TN, jb = ja + TN < nb ? ja + TN : nb;
+                double gv[TN], gp[TN], gabs[TN];
+                for (int j = ja; j < jb; j++) {
+                    const float *g = G + (size_t)j * (size_t)V;
+                    double sv = 0, spp = 0, mg = 0;
+                    for (int t = 0; t < V; t++) {
+                        if (fd) sv += (double)fd->v[t] * g[t], spp += (double)fd->p[t] * g[t];
+                        mg = fmax(mg, fabs(g[t]));
                     }
-                    cr_fused_out o;
-                    cr_fused_ablation_scalar(z0, g, u.b, fd ? fd->v : NULL, V, (float)delta, (float)inv_t, (float)inv_d, (float)cf, &o);
-                    double l0 = st->lse - st->zy, lt = o.lse_t - zty, ld = o.lse_d - zdy;
-                    double dkl = 0, lf = 0;
-                    if (fd) {
-                        /* KL(P||p) = sum P log P - <P, z> + lse */
-                        double kl0 = fd->plogp - (st->zp * st->inv_s + pb) + st->lse;
-                        double klt = fd->plogp - ((st->zp + delta * gp) * inv_t + pb) + o.lse_t;
-                        dkl = klt - kl0;
-                        lf = o.lse_f - (zty + cf * fd->v[st->target]);
+                    gv[j - ja] = sv, gp[j - ja] = spp, gabs[j - ja] = mg;
+                }
+                for (int q0 = 0; q0 < nt; q0 += TQ) {
+                    const int q1 = q0 + TQ < nt ? q0 + TQ : nt;
+                    cr_fused_par par[TN * TQ];
+                    double accs[TN * TQ][5], inv_t[TN * TQ], delta[TN * TQ], cfv[TN * TQ];
+                    for (int j = ja; j < jb; j++)
+                        for (int q = q0; q < q1; q++) {
+                            const int k = (j - ja) * TQ + (q - q0), J = j0 + j;
+                            const cr_tok_state *st = &ts[q];
+                            double dl = mean_act[sp->neurons[J]] - A[(size_t)q * NS + J];
+                            double s2t = (double)st->s * st->s + (2.0 * dl * XW[(size_t)q * NS + J] + dl * dl * w2[J]) / d;
+                            double it = 1.0 / sqrt(s2t), cf = 0;
+                            if (fd) cf = (st->zv * st->inv_s + vb) - ((st->zv + dl * gv[j - ja]) * it + vb);
+                            double sh_t = st->zmax + st->z0abs * fabs(it - st->inv_s) + fabs(dl) * gabs[j - ja] * it;
+                            double sh_d = st->zmax + fabs(dl) * gabs[j - ja] * st->inv_s;
+                            cr_fused_par pp = {(float)dl, (float)it, st->inv_s, (float)cf, (float)sh_t, (float)sh_d, (float)(sh_t + fabs(cf) * vabs), fd != NULL};
+                            par[k] = pp;
+                            inv_t[k] = it, delta[k] = dl, cfv[k] = cf;
+                            for (int x = 0; x < 5; x++) accs[k][x] = 0;
+                        }
+                    for (int c0 = 0; c0 < V; c0 += CH) {
+                        const int len = c0 + CH < V ? CH : V - c0;
+                        for (int j = ja; j < jb; j++)
+                            for (int q = q0; q < q1; q++) {
+                                const int k = (j - ja) * TQ + (q - q0);
+                                cr_fused_chunk(Z0 + (size_t)q * V + c0, G + (size_t)j * V + c0, u.b + c0, fd ? fd->v + c0 : NULL, len, &par[k], accs[k]);
+                            }
                     }
-                    cr_acc_add(&acc[J], lt - l0, ld - l0, o.h_t - st->h, o.h_d - st->h, dkl, fd ? lf - l0 : 0);
+                    for (int j = ja; j < jb; j++)
+                        for (int q = q0; q < q1; q++) {
+                            const int k = (j - ja) * TQ + (q - q0), J = j0 + j;
+                            const cr_tok_state *st = &ts[q];
+                            const float *z0 = Z0 + (size_t)q * V, *g = G + (size_t)j * V;
+                            double *ac = accs[k];
+                            /* A bound far above the true maximum would leave only underflowed
+                             * terms: redo such a pair with exact maxima. */
+                            if (!(ac[0] > 1e-30 && ac[2] > 1e-30 && (!fd || ac[4] > 1e-30))) {
+                                cr_fused_out fo;
+                                cr_fused_ablation_scalar(z0, g, u.b, fd ? fd->v : NULL, V, par[k].delta, par[k].inv_t, par[k].inv_d, par[k].cf, &fo);
+                                ac[0] = 1, ac[1] = -fo.h_t + 0, ac[2] = 1, ac[3] = -fo.h_d, ac[4] = 1;
+                                par[k].shift_t = (float)fo.lse_t, par[k].shift_d = (float)fo.lse_d, par[k].shift_f = (float)fo.lse_f;
+                                ac[1] = 0, ac[3] = 0;
+                                /* store entropies through E: H = log S - E/S with S = 1 */
+                                ac[1] = -fo.h_t, ac[3] = -fo.h_d;
+                            }
+                            double lse_t = par[k].shift_t + log(ac[0]), h_t = log(ac[0]) - ac[1] / ac[0];
+                            double lse_d = par[k].shift_d + log(ac[2]), h_d = log(ac[2]) - ac[3] / ac[2];
+                            double lse_f = fd ? par[k].shift_f + log(ac[4]) : 0;
+                            double ay = z0[st->target] + delta[k] * g[st->target];
+                            double zty = ay * inv_t[k] + u.b[st->target], zdy = ay * st->inv_s + u.b[st->target];
+                            double l0 = st->lse - st->zy, lt = lse_t - zty, ld = lse_d - zdy, dkl = 0, lf = 0;
+                            if (fd) {
+                                double kl0 = fd->plogp - (st->zp * st->inv_s + pb) + st->lse;
+                                double klt = fd->plogp - ((st->zp + delta[k] * gp[j - ja]) * inv_t[k] + pb) + lse_t;
+                                dkl = klt - kl0;
+                                lf = lse_f - (zty + cfv[k] * fd->v[st->target]);
+                            }
+                            cr_acc_add(&acc[J], lt - l0, ld - l0, h_t - st->h, h_d - st->h, dkl, fd ? lf - l0 : 0);
+                        }
                 }
             }
         }
@@ -5477,6 +5679,606 @@ int cr_write_npy(const char *path, const float *data, int ndim, const int64_t *s
         fwrite(le, 1, 4, o.f);
     }
     return cr_outfile_close(&o, 1, err);
+}
+
+/* ============================================================================================
+ * 8b. SVG plots: scatter and line charts for the report folder
+ * ============================================================================================
+ *
+ * One call, cr_plot_svg, writes one standalone SVG document (no scripts, no external fonts or
+ * images), meant to be opened directly or embedded in index.html with <img>.  Output depends
+ * only on the arguments: no clock, no locale (numbers are formatted here with integer
+ * arithmetic, never with %f or %g), no global state, so identical input gives identical bytes.
+ *
+ * Conventions a caller should know:
+ *   - A point is drawn when x and y are finite, |v| < 1e300 and, on a log axis, v > 0; the
+ *     others are counted and reported in small text under the plot.  A point with a c array
+ *     but a non-finite c[i] is drawn in grey.
+ *   - Axis limits apply when min != 0 or max != 0 and they make a valid range; otherwise the
+ *     range is automatic.  Data outside the limits is clipped to the plot frame.
+ *   - width/height <= 0 mean 720 x 480; smaller than 240 x 180 is raised to that.
+ *   - Text is escaped; invalid UTF-8 becomes U+FFFD and control characters become spaces, so
+ *     the document is well-formed whatever the caller passes.  Tokens should be made visible
+ *     ("\n" -> "\\n") by the caller if that matters.
+ *   - Markers are zero-length path segments with round caps: one <path> per series (per colour
+ *     bin for colour-mapped series) keeps 50,000 points near 15 bytes each.
+ */
+
+
+typedef struct cr_plot_series {
+    const char *label;        /* legend text, NULL for none */
+    const double *x, *y;      /* [n] */
+    const double *c;          /* [n] or NULL: values mapped to a colour scale (colour bar drawn) */
+    const char *const *names; /* [n] or NULL: per-point annotation, drawn only where highlight[i] */
+    const unsigned char *highlight; /* [n] or NULL: points drawn larger and annotated */
+    int n;
+    int style;                /* 0 points, 1 line, 2 line with points */
+    const char *color;        /* CSS colour when c is NULL, e.g. "#1f77b4"; NULL = palette */
+} cr_plot_series;
+
+typedef struct cr_plot {
+    const char *title, *xlabel, *ylabel, *clabel;  /* clabel: colour bar label */
+    int logx, logy;           /* log10 axes (non-positive values are skipped and counted) */
+    int width, height;        /* pixels; 0 -> 720 x 480 */
+    double xmin, xmax, ymin, ymax; /* both 0 -> automatic with 5% padding and "nice" ticks */
+    const double *hlines; int n_hlines; /* optional dashed horizontal reference lines */
+    const char *note;         /* optional small text under the title (e.g. data source) */
+} cr_plot;
+
+static int cr_plot_svg(FILE *f, const cr_plot *p, const cr_plot_series *s, int n_series);
+
+#define SVG_MAXT 96   /* ticks per axis; the generators never need more than about 60 */
+#define SVG_BINS 64   /* colour-mapped markers are grouped into this many paths */
+
+/* Every byte goes through one writer so that the first failed write is remembered. */
+typedef struct svg_w { FILE *f; int err; } svg_w;
+
+typedef struct svg_axis {
+    int log;
+    double lo, hi;            /* visible range in axis units (log10 of the value on log axes) */
+    double a, b;              /* pixel positions of lo and hi */
+    int n;
+    double v[SVG_MAXT];       /* tick values in data units */
+    char major[SVG_MAXT], lab[SVG_MAXT][32];   /* empty label: unlabelled minor tick */
+} svg_axis;
+
+typedef struct svg_box { double x0, y0, x1, y1; } svg_box;
+
+static void svg_raw(svg_w *w, const char *s, size_t n) {
+    if (n && fwrite(s, 1, n, w->f) != n) w->err = 1;
+}
+
+/* Markup characters are escaped; bytes that would make the file ill-formed XML (invalid or
+ * overlong UTF-8, surrogates, C0 controls, U+FFFE/U+FFFF) are replaced instead of rejected,
+ * because one odd token must not cost the whole report its plot. */
+static void svg_text(svg_w *w, const char *str) {
+    const unsigned char *p = (const unsigned char *)(str ? str : "");
+    while (*p) {
+        const unsigned char *q = p;
+        while (*q >= 0x20 && *q < 0x80 && *q != '<' && *q != '>' && *q != '&' && *q != '"' &&
+               *q != '\'') q++;
+        svg_raw(w, (const char *)p, (size_t)(q - p));
+        if (!*(p = q)) break;
+        unsigned c = *p, cp;
+        if (c < 0x80) {
+            const char *e = c == '<' ? "&lt;" : c == '>' ? "&gt;" : c == '&' ? "&amp;" :
+                            c == '"' ? "&quot;" : c == '\'' ? "&#39;" : " ";
+            svg_raw(w, e, strlen(e));
+            p++;
+            continue;
+        }
+        int len = c >= 0xF5 ? 0 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : c >= 0xC2 ? 2 : 0, ok = len > 0;
+        cp = c & (0x7Fu >> len);
+        for (int i = 1; ok && i < len; i++)
+            if ((p[i] & 0xC0) != 0x80) ok = 0; else cp = cp << 6 | (p[i] & 0x3Fu);
+        if (ok && ((len == 3 && cp < 0x800) || (len == 4 && cp < 0x10000) || cp > 0x10FFFF ||
+                   (cp >= 0xD800 && cp < 0xE000) || cp == 0xFFFE || cp == 0xFFFF)) ok = 0;
+        svg_raw(w, ok ? (const char *)p : "\xEF\xBF\xBD", ok ? (size_t)len : 3);
+        p += ok ? len : 1;
+    }
+}
+
+/* A rough advance width: enough to keep labels apart and on the canvas, no font metrics. */
+static double svg_textw(const char *s, double size) {
+    double em = 0;
+    for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++)
+        if ((*p & 0xC0) != 0x80) em += *p >= 0xE2 ? 1.0 : 0.6;   /* CJK and symbols are wide */
+    return em * size;
+}
+
+/* Pixel coordinates with one decimal: finer is invisible and only makes large plots larger. */
+static void svg_px(char *b, double v) {
+    if (!(v > -1e6)) v = -1e6;             /* also catches NaN; the clip path hides it */
+    if (v > 1e6) v = 1e6;
+    long long t = llround(v * 10);
+    int n = 0;
+    if (t < 0) b[n++] = '-', t = -t;
+    n += snprintf(b + n, 24, "%lld", t / 10);
+    if (t % 10) snprintf(b + n, 4, ".%d", (int)(t % 10));
+}
+
+/* A tiny printf: %s raw, %t escaped text, %f pixel value, %d int, %% percent.  Integers via
+ * snprintf are locale-independent; floating point never goes through the C library here. */
+static void svg_out(svg_w *w, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    for (const char *p = fmt; *p;) {
+        const char *q = strchr(p, '%');
+        char b[40];
+        if (!q) q = p + strlen(p);
+        svg_raw(w, p, (size_t)(q - p));
+        if (!q[0] || !q[1]) break;
+        switch (q[1]) {
+        case 's': { const char *t = va_arg(ap, const char *); svg_raw(w, t, strlen(t)); break; }
+        case 't': svg_text(w, va_arg(ap, const char *)); break;
+        case 'f': svg_px(b, va_arg(ap, double)); svg_raw(w, b, strlen(b)); break;
+        case 'd': snprintf(b, sizeof b, "%d", va_arg(ap, int)); svg_raw(w, b, strlen(b)); break;
+        default: svg_raw(w, q + 1, 1);
+        }
+        p = q + 2;
+    }
+    va_end(ap);
+}
+
+/* Fixed-point decimal of |v| < 1e9 with dec <= 9 decimals, into b[32]. */
+static void svg_fixed(char *b, double v, int dec) {
+    unsigned long long p10 = 1;
+    for (int i = 0; i < dec; i++) p10 *= 10;
+    unsigned long long t = (unsigned long long)(fabs(v) * (double)p10 + 0.5);
+    unsigned long long fr = t % p10;
+    int n = snprintf(b, 22, "%s%llu", v < 0 && t ? "-" : "", t / p10);
+    if (dec) b[n++] = '.';
+    for (int i = dec - 1; i >= 0; i--) b[n + i] = (char)('0' + fr % 10), fr /= 10;
+    b[n + dec] = 0;
+}
+
+static void svg_strip0(char *b) {
+    if (!strchr(b, '.')) return;
+    size_t n = strlen(b);
+    while (b[n - 1] == '0') b[--n] = 0;
+    if (b[n - 1] == '.') b[--n] = 0;
+}
+
+/* Scientific notation as "2.5e-7" (dec mantissa decimals, trailing zeros dropped). */
+static void svg_sci(char *b, double v, int dec) {
+    int e = (int)floor(log10(fabs(v)));
+    double m = fabs(v) / pow(10, e), lim = 10 - 0.5 * pow(10, -dec);
+    if (m < 1) m *= 10, e--;
+    if (m >= lim) m /= 10, e++;             /* 9.996 would otherwise print as "10.00e..." */
+    svg_fixed(b, v < 0 ? -m : m, dec);
+    svg_strip0(b);
+    snprintf(b + strlen(b), 8, "e%d", e);
+}
+
+/* About sig significant digits, the shortest readable form: colour bar values and the like. */
+static void svg_g(char *b, double v, int sig) {
+    int e = v == 0 ? 0 : (int)floor(log10(fabs(v)));
+    if (v == 0) strcpy(b, "0");
+    else if (e >= -4 && e < 6) svg_fixed(b, v, sig - 1 - e < 0 ? 0 : sig - 1 - e), svg_strip0(b);
+    else svg_sci(b, v, sig - 1);
+}
+
+/* A tick at k*step prints with exactly the decimals of the step, so 0.1+0.2 reads "0.3". */
+static void svg_label(char *b, double v, int k) {
+    int e = v == 0 ? 0 : (int)floor(log10(fabs(v)));
+    if (v == 0) strcpy(b, "0");
+    else if (fabs(v) >= 1e-4 && fabs(v) < 1e6 && k >= -8) svg_fixed(b, v, k < 0 ? -k : 0);
+    else svg_sci(b, v, e - k < 0 ? 0 : e - k > 6 ? 6 : e - k);
+}
+
+static double svg_tu(const svg_axis *ax, double v) { return ax->log ? log10(v) : v; }
+static int svg_ok(const svg_axis *ax, double v) {
+    return isfinite(v) && fabs(v) < 1e300 && (!ax->log || v > 0);
+}
+static double svg_map(const svg_axis *ax, double v) {
+    return ax->a + (svg_tu(ax, v) - ax->lo) / (ax->hi - ax->lo) * (ax->b - ax->a);
+}
+
+/* lo > hi means no data.  A flat range is widened so that the data sits in the middle. */
+static void svg_range(svg_axis *ax, double lo, double hi, double umin, double umax) {
+    if ((umin != 0 || umax != 0) && svg_ok(ax, umin) && svg_ok(ax, umax) && umin < umax) {
+        ax->lo = svg_tu(ax, umin), ax->hi = svg_tu(ax, umax);
+        return;
+    }
+    if (!(lo <= hi)) lo = 0, hi = 1;
+    else if (hi - lo <= 1e-9 * fmax(fabs(lo), fabs(hi))) {
+        double d = ax->log ? 0.5 : lo != 0 ? fabs(lo) * 0.1 : 1;
+        lo -= d, hi += d;
+    }
+    ax->lo = lo - 0.05 * (hi - lo), ax->hi = hi + 0.05 * (hi - lo);
+}
+
+/* Labels use U+2212 for minus: the hyphen is visibly too short next to digits. */
+static void svg_minus(char *d, size_t cap, const char *s) {
+    size_t n = 0;
+    for (; s && *s && n + 4 < cap; s++)
+        if (*s == '-') memcpy(d + n, "\xE2\x88\x92", 3), n += 3;
+        else d[n++] = *s;
+    d[n] = 0;
+}
+
+static void svg_tick(svg_axis *ax, double v, int major, const char *lab) {
+    if (ax->n >= SVG_MAXT) return;
+    ax->v[ax->n] = v, ax->major[ax->n] = (char)major;
+    svg_minus(ax->lab[ax->n++], sizeof ax->lab[0], lab);
+}
+
+/* Steps of 1, 2 or 5 times a power of ten, about target ticks over [lo, hi] (data units). */
+static void svg_lin_ticks(svg_axis *ax, double lo, double hi, int target) {
+    double raw = (hi - lo) / target, mag, r, step;
+    char b[32];
+    if (!(raw > 0) || !isfinite(raw)) return;
+    mag = pow(10, floor(log10(raw))), r = raw / mag;
+    step = (r < 1.5 ? 1 : r < 3 ? 2 : r < 7 ? 5 : 10) * mag;
+    int k = (int)floor(log10(step) + 1e-9);
+    for (double i = ceil(lo / step - 1e-9); i <= floor(hi / step + 1e-9); i++) {
+        double v = fabs(i) < 0.5 ? 0 : i * step;
+        if (ax->log && v <= 0) continue;
+        svg_label(b, v, k);
+        svg_tick(ax, v, 1, b);
+    }
+}
+
+/* Decades are labelled (every stride-th one on very wide ranges), 2..9 are minor ticks while
+ * they stay sparse, and short ranges also label 2 and 5.  Labels read "0.001" unless a decade
+ * beyond 1e-4..1e4 is shown; then all read "1e-3", so that one axis never mixes styles.  A
+ * range inside one decade falls back to linear steps, so an axis always shows two numbers. */
+static void svg_log_ticks(svg_axis *ax, int target) {
+    double span = ax->hi - ax->lo;
+    int d0 = (int)floor(ax->lo), d1 = (int)ceil(ax->hi), labelled = 0;
+    int stride = span > target + 2 ? (int)ceil(span / target) : 1;
+    int sci = ceil(ax->lo - 1e-9) < -4 || floor(ax->hi + 1e-9) > 4;   /* one style per axis */
+    char b[32];
+    for (int d = d0; d <= d1; d++)
+        for (int m = 1; m <= 9; m++) {
+            double t = d + log10(m);
+            int lab = m == 1 ? d % stride == 0 : span < 2.2 && (m == 2 || m == 5);
+            if (t < ax->lo - 1e-9 || t > ax->hi + 1e-9 || (m > 1 && span > 7)) continue;
+            if (lab && !sci) svg_fixed(b, m * pow(10, d), d < 0 ? -d : 0);
+            else if (lab) snprintf(b, sizeof b, "%de%d", m, d);
+            svg_tick(ax, m * pow(10, d), m == 1 || lab, lab ? b : NULL);
+            labelled += lab;
+        }
+    if (labelled < 2) ax->n = 0, svg_lin_ticks(ax, pow(10, ax->lo), pow(10, ax->hi), target);
+}
+
+/* About one labelled tick per `gap` pixels; log axes fit a few more, being less dense. */
+static void svg_ticks(svg_axis *ax, double gap) {
+    int target = (int)(fabs(ax->b - ax->a) / gap) < 3 ? 3 : (int)(fabs(ax->b - ax->a) / gap);
+    if (ax->log) svg_log_ticks(ax, target + 2);
+    else svg_lin_ticks(ax, ax->lo, ax->hi, target);
+}
+
+static void svg_cmap(char *b, double t) {
+    static const unsigned char V[9][3] = {   /* viridis at 0, 1/8, ..., 1 */
+        {68, 1, 84}, {71, 44, 122}, {59, 81, 139}, {44, 113, 142}, {33, 144, 141},
+        {39, 173, 129}, {92, 200, 99}, {170, 220, 50}, {253, 231, 37}};
+    if (!(t > 0)) t = 0;
+    if (t > 1) t = 1;
+    int i = t >= 1 ? 7 : (int)(t * 8);
+    double u = t * 8 - i;
+    snprintf(b, 8, "#%02x%02x%02x", (int)lround(V[i][0] + u * (V[i + 1][0] - V[i][0])),
+             (int)lround(V[i][1] + u * (V[i + 1][1] - V[i][1])),
+             (int)lround(V[i][2] + u * (V[i + 1][2] - V[i][2])));
+}
+
+/* Colour bin of c[i]: 0..SVG_BINS-1, or SVG_BINS for "no value" (drawn grey). */
+static int svg_bin(double c, double clo, double chi) {
+    if (!isfinite(c) || fabs(c) >= 1e300) return SVG_BINS;
+    if (!(chi > clo)) return SVG_BINS / 2;
+    return (int)lround((c - clo) / (chi - clo) * (SVG_BINS - 1));
+}
+
+/* Everything a drawing step needs, so that helpers take one argument instead of ten. */
+typedef struct svg_ctx {
+    svg_w w;
+    const cr_plot *p;
+    const cr_plot_series *s;
+    int ns, W, H;
+    double left, top, right, bot;   /* the plot frame in pixels */
+    double clo, chi;                /* colour scale; clo > chi when no series has c values */
+    svg_axis ax, ay;
+} svg_ctx;
+
+/* Pixel position of point i of q, or 0 when the point cannot be drawn. */
+static int svg_pt(const svg_ctx *g, const cr_plot_series *q, int i, double *px, double *py) {
+    if (!svg_ok(&g->ax, q->x[i]) || !svg_ok(&g->ay, q->y[i])) return 0;
+    *px = svg_map(&g->ax, q->x[i]), *py = svg_map(&g->ay, q->y[i]);
+    return 1;
+}
+
+/* The colour of point i of series k (i < 0: the series as a whole, for the legend). */
+static const char *svg_color(const svg_ctx *g, int k, int i, char *b) {
+    static const char *const pal[10] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
+                                        "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"};
+    const cr_plot_series *q = &g->s[k];
+    if (!q->c) return q->color ? q->color : pal[k % 10];
+    int bin = i < 0 ? SVG_BINS * 6 / 10 : svg_bin(q->c[i], g->clo, g->chi);
+    if (bin == SVG_BINS) return "#aaaaaa";
+    svg_cmap(b, bin / (double)(SVG_BINS - 1));
+    return b;
+}
+
+static int svg_hit(svg_box a, svg_box b) {
+    return a.x0 < b.x1 && b.x0 < a.x1 && a.y0 < b.y1 && b.y0 < a.y1;
+}
+
+static long svg_count_in(const svg_ctx *g, svg_box r) {
+    long n = 0;
+    double px, py;
+    for (int k = 0; k < g->ns; k++)
+        for (int i = 0; g->s[k].x && g->s[k].y && i < g->s[k].n; i++)
+            n += svg_pt(g, &g->s[k], i, &px, &py) &&
+                 px >= r.x0 && px <= r.x1 && py >= r.y0 && py <= r.y1;
+    return n;
+}
+
+/* rot: rotated by -90 degrees about (x, y), for vertical axis labels. */
+static void svg_tx(svg_w *w, double x, double y, int rot, const char *attrs, const char *s) {
+    if (rot) svg_out(w, "<text transform=\"rotate(-90 %f %f)\" x=\"%f\" y=\"%f\" %s>%t</text>\n",
+                     x, y, x, y, attrs, s);
+    else svg_out(w, "<text x=\"%f\" y=\"%f\" %s>%t</text>\n", x, y, attrs, s);
+}
+
+/* pass 0: grid lines, 1: tick marks, 2: tick labels, of both axes. */
+static void svg_axes(svg_ctx *g, int pass) {
+    for (int d = 0; d < 2; d++) {
+        const svg_axis *a = d ? &g->ay : &g->ax;
+        for (int i = 0; i < a->n; i++) {
+            double v = svg_map(a, a->v[i]);
+            if (pass == 0 && a->major[i])   /* minor grid lines would turn the plot grey */
+                svg_out(&g->w, "<path d=\"M%f %f%s%f\"/>\n", d ? g->left : v, d ? v : g->top,
+                        d ? "H" : "V", d ? g->right : g->bot);
+            if (pass == 1)
+                svg_out(&g->w, "<path d=\"M%f %f%s%d\"/>\n", d ? g->left : v, d ? v : g->bot,
+                        d ? "h" : "v", (a->major[i] ? 6 : 3) * (d ? -1 : 1));
+            if (pass == 2 && a->lab[i][0])
+                svg_tx(&g->w, d ? g->left - 9 : v, d ? v + 4.5 : g->bot + 21, 0,
+                       d ? "text-anchor=\"end\"" : "text-anchor=\"middle\"", a->lab[i]);
+        }
+    }
+}
+
+/* One series: its line as a single path broken at unusable points, then its markers as one
+ * path per colour.  Highlighted points are left out here and drawn on top later. */
+static void svg_series(svg_ctx *g, int k) {
+    const cr_plot_series *q = &g->s[k];
+    double px, py, r = q->style == 2 ? 3 : q->n > 5000 ? 1.8 : q->n > 500 ? 2.6 : 3.4;
+    char c[8];
+    if (!q->x || !q->y || q->n <= 0) return;
+    if (q->style == 1 || q->style == 2) {
+        int m = 0, gap = 1;
+        long long lx = 0, ly = 0;
+        svg_out(&g->w, "<path fill=\"none\" stroke=\"%t\" stroke-width=\"%s\" stroke-linejoin="
+                "\"round\" d=\"", q->c ? "#888" : svg_color(g, k, -1, c),
+                q->n > 2000 ? "1.2" : "2");
+        for (int i = 0; i < q->n; i++) {
+            if (!svg_pt(g, q, i, &px, &py)) { gap = 1; continue; }
+            if (!gap && llround(px * 10) == lx && llround(py * 10) == ly) continue;
+            svg_out(&g->w, gap ? "M%f %f" : ++m % 12 ? "L%f %f" : "L%f %f\n", px, py);
+            lx = llround(px * 10), ly = llround(py * 10), gap = 0;
+        }
+        svg_out(&g->w, "\"/>\n");
+    }
+    /* bins 0..SVG_BINS are colour-mapped (SVG_BINS: no value), SVG_BINS + 1 a plain series */
+    for (int bin = q->c ? 0 : SVG_BINS + 1; q->style != 1 && bin <= SVG_BINS + 1; bin++) {
+        const char *col = bin > SVG_BINS ? svg_color(g, k, -1, c) : bin == SVG_BINS ? "#aaaaaa"
+                          : (svg_cmap(c, bin / (double)(SVG_BINS - 1)), c);
+        int m = 0;
+        for (int i = 0; i < q->n && (!q->c || bin <= SVG_BINS); i++) {
+            if (!svg_pt(g, q, i, &px, &py) || (q->highlight && q->highlight[i])) continue;
+            if (q->c && svg_bin(q->c[i], g->clo, g->chi) != bin) continue;
+            if (!m) svg_out(&g->w, "<path fill=\"none\" stroke=\"%t\" stroke-width=\"%f\" "
+                            "stroke-linecap=\"round\" d=\"", col, 2 * r);
+            svg_out(&g->w, ++m % 12 ? "M%f %fh0" : "M%f %fh0\n", px, py);
+        }
+        if (m) svg_out(&g->w, "\"/>\n");
+    }
+}
+
+/* A highlighted point, and its name at the first spot around it that stays inside the frame
+ * and clear of the boxes in occ (legend, earlier names); failing that, anywhere on the canvas. */
+static void svg_highlight(svg_ctx *g, int k, int i, svg_box *occ, int *n_occ) {
+    static const signed char cand[8][2] = {{1, 0}, {-1, 0}, {1, -1}, {1, 1}, {-1, -1}, {-1, 1},
+                                           {0, -1}, {0, 1}};
+    const cr_plot_series *q = &g->s[k];
+    const char *nm = q->names ? q->names[i] : NULL;
+    double px, py, x = 0, y = 0, tw = svg_textw(nm, 14.5);   /* bold runs wider */
+    char c[8];
+    int fit = -1;
+    if (!svg_pt(g, q, i, &px, &py) || px < g->left - 0.5 || px > g->right + 0.5 ||
+        py < g->top - 0.5 || py > g->bot + 0.5) return;
+    svg_out(&g->w, "<circle cx=\"%f\" cy=\"%f\" r=\"6\" fill=\"%t\" stroke=\"#111\" stroke-width="
+            "\"1.6\"/>\n", px, py, svg_color(g, k, i, c));
+    if (!nm || !*nm) return;
+    for (int t = 0; t < 16 && fit < 0; t++) {
+        const signed char *d = cand[t & 7];
+        svg_box r, lim = {t < 8 ? g->left : 2, t < 8 ? g->top : 2, t < 8 ? g->right : g->W - 2,
+                          t < 8 ? g->bot : g->H - 2};
+        r.x0 = d[0] > 0 ? px + 9 : d[0] < 0 ? px - 9 - tw : px - tw / 2;
+        r.y0 = d[1] > 0 ? py + 7 : d[1] < 0 ? py - 23 : py - 8;
+        r.x1 = r.x0 + tw, r.y1 = r.y0 + 16;
+        int ok = r.x0 >= lim.x0 && r.x1 <= lim.x1 && r.y0 >= lim.y0 && r.y1 <= lim.y1;
+        for (int o = 0; ok && t < 8 && o < *n_occ; o++) ok = !svg_hit(r, occ[o]);
+        if (ok) fit = t, x = r.x0, y = r.y0;
+    }
+    if (fit < 0) x = fmax(2, fmin(px + 9, g->W - 2 - tw)), y = fmax(2, py - 8);
+    if (*n_occ < 64) occ[(*n_occ)++] = (svg_box){x, y, x + tw, y + 16};
+    /* Anchored on the side facing the point, so a font wider than the estimate grows away
+     * from the marker instead of over it. */
+    int side = fit < 0 ? 1 : cand[fit & 7][0];
+    svg_out(&g->w, "<text x=\"%f\" y=\"%f\" text-anchor=\"%s\" font-weight=\"bold\" stroke=\"#fff\""
+            " stroke-width=\"3\" stroke-linejoin=\"round\" paint-order=\"stroke\">%t</text>\n",
+            side > 0 ? x : side < 0 ? x + tw : x + tw / 2, y + 12.5,
+            side > 0 ? "start" : side < 0 ? "end" : "middle", nm);
+}
+
+/* The legend goes into whichever corner of the frame hides the fewest points. */
+static svg_box svg_legend_box(const svg_ctx *g, int n_leg, double textw) {
+    double w = 52 + textw, h = 10 + 20 * n_leg;
+    svg_box best = {0, 0, 0, 0};
+    long nbest = -1;
+    for (int c = 0; c < 4; c++) {
+        svg_box r = {c & 1 ? g->left + 8 : g->right - 8 - w, c & 2 ? g->bot - 8 - h : g->top + 8,
+                     0, 0};
+        r.x1 = r.x0 + w, r.y1 = r.y0 + h;
+        long n = svg_count_in(g, r);
+        if (nbest < 0 || n < nbest) nbest = n, best = r;
+    }
+    return best;
+}
+
+static void svg_legend(svg_ctx *g, svg_box b) {
+    char c[8];
+    svg_out(&g->w, "<rect x=\"%f\" y=\"%f\" width=\"%f\" height=\"%f\" rx=\"3\" fill=\"#fff\" "
+            "fill-opacity=\"0.9\" stroke=\"#bbb\"/>\n", b.x0, b.y0, b.x1 - b.x0, b.y1 - b.y0);
+    for (int k = 0, row = 0; k < g->ns; k++) {
+        const cr_plot_series *q = &g->s[k];
+        const char *col = svg_color(g, k, -1, c);
+        double y = b.y0 + 15 + 20 * row;
+        if (!q->label || !*q->label) continue;
+        if (q->style == 1 || q->style == 2)
+            svg_out(&g->w, "<path stroke=\"%t\" stroke-width=\"2\" d=\"M%f %fh26\"/>\n",
+                    q->c ? "#888" : col, b.x0 + 10, y);
+        if (q->style != 1)
+            svg_out(&g->w, "<circle cx=\"%f\" cy=\"%f\" r=\"4\" fill=\"%t\"/>\n", b.x0 + 23, y,
+                    col);
+        svg_tx(&g->w, b.x0 + 44, y + 4.5, 0, "", q->label);
+        row++;
+    }
+}
+
+static int cr_plot_svg(FILE *f, const cr_plot *p, const cr_plot_series *s, int n_series) {
+    static const cr_plot none;
+    svg_ctx g0, *g = &g0;
+    double xlo = HUGE_VAL, xhi = -HUGE_VAL, ylo = HUGE_VAL, yhi = -HUGE_VAL, cw = 0, lw = 0;
+    double legw = 0;
+    long shown = 0, skipped = 0;
+    int n_leg = 0;
+    char b[160], cl[3][32];
+    if (!f) return 1;
+    memset(g, 0, sizeof *g);
+    g->w.f = f, g->p = p = p ? p : &none, g->s = s, g->ns = s && n_series > 0 ? n_series : 0;
+    g->ax.log = p->logx != 0, g->ay.log = p->logy != 0;
+    g->W = p->width > 0 ? p->width : 720, g->H = p->height > 0 ? p->height : 480;
+    g->W = g->W < 240 ? 240 : g->W, g->H = g->H < 180 ? 180 : g->H;
+    g->clo = HUGE_VAL, g->chi = -HUGE_VAL;
+    for (int k = 0; k < g->ns; k++) {
+        const cr_plot_series *q = &s[k];
+        if (q->label && *q->label) n_leg++, legw = fmax(legw, svg_textw(q->label, 13));
+        for (int i = 0; q->x && q->y && i < q->n; i++) {
+            double x = q->x[i], y = q->y[i];
+            if (!svg_ok(&g->ax, x) || !svg_ok(&g->ay, y)) { skipped++; continue; }
+            shown++;
+            xlo = fmin(xlo, svg_tu(&g->ax, x)), xhi = fmax(xhi, svg_tu(&g->ax, x));
+            ylo = fmin(ylo, svg_tu(&g->ay, y)), yhi = fmax(yhi, svg_tu(&g->ay, y));
+            if (q->c && svg_bin(q->c[i], 0, 0) != SVG_BINS)
+                g->clo = fmin(g->clo, q->c[i]), g->chi = fmax(g->chi, q->c[i]);
+        }
+    }
+    for (int i = 0; p->hlines && i < p->n_hlines; i++)
+        if (svg_ok(&g->ay, p->hlines[i])) {
+            double t = svg_tu(&g->ay, p->hlines[i]);
+            ylo = fmin(ylo, t), yhi = fmax(yhi, t);
+        }
+    int has_c = g->clo <= g->chi;
+
+    /* Layout: the y tick labels decide the left margin, the colour bar labels the right one. */
+    g->top = (p->title ? 46 : 22) + (p->note ? 18 : 0);
+    g->bot = g->H - (p->xlabel ? 58 : 36) - (skipped ? 16 : 0);
+    g->ay.a = g->bot, g->ay.b = g->top;
+    svg_range(&g->ay, ylo, yhi, p->ymin, p->ymax);
+    svg_ticks(&g->ay, 64);
+    for (int i = 0; i < g->ay.n; i++) lw = fmax(lw, svg_textw(g->ay.lab[i], 13));
+    for (int i = 0; has_c && i < 3; i++) {
+        svg_g(b, i == 0 ? g->clo : i == 1 ? (g->clo + g->chi) / 2 : g->chi, 3);
+        svg_minus(cl[i], sizeof cl[i], b);
+        cw = fmax(cw, svg_textw(cl[i], 13));
+    }
+    g->left = floor(16 + (p->ylabel ? 22 : 0) + lw);
+    g->right = g->W - 20 - (has_c ? floor(44 + cw + (p->clabel ? 24 : 0)) : 0);
+    g->ax.a = g->left, g->ax.b = g->right;
+    svg_range(&g->ax, xlo, xhi, p->xmin, p->xmax);
+    svg_ticks(&g->ax, 100);
+    svg_box occ[64], leg = n_leg ? svg_legend_box(g, n_leg, legw) : (svg_box){0, 0, 0, 0};
+    int n_occ = 0;
+    if (n_leg) occ[n_occ++] = leg;
+
+    svg_out(&g->w, "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<svg xmlns=\"http://www.w3.org/"
+            "2000/svg\" width=\"%d\" height=\"%d\" viewBox=\"0 0 %d %d\" font-family=\"sans-serif\""
+            " font-size=\"13\" fill=\"#222\">\n", g->W, g->H, g->W, g->H);
+    if (p->title) svg_out(&g->w, "<title>%t</title>\n", p->title);
+    /* Ids are spelled from the geometry they define, so two plots inlined into one HTML page
+     * can only share an id when the definitions are identical too. */
+    char clip[64];
+    snprintf(clip, sizeof clip, "cr-clip-%d-%d-%d-%d", (int)g->left, (int)g->top, (int)g->right,
+             (int)g->bot);
+    svg_out(&g->w, "<defs><clipPath id=\"%s\"><rect x=\"%f\" y=\"%f\" width=\"%f\" height=\"%f\"/>"
+            "</clipPath>", clip, g->left, g->top, g->right - g->left, g->bot - g->top);
+    if (has_c) svg_out(&g->w, "\n<linearGradient id=\"cr-viridis\" x1=\"0\" y1=\"1\" x2=\"0\" "
+                       "y2=\"0\">");
+    for (int i = 0; has_c && i <= 8; i++) {
+        svg_cmap(b, i / 8.0);
+        svg_out(&g->w, "<stop offset=\"%f%%\" stop-color=\"%s\"/>", i * 12.5, b);
+    }
+    svg_out(&g->w, "%s</defs>\n<rect width=\"%d\" height=\"%d\" fill=\"#fff\"/>\n",
+            has_c ? "</linearGradient>" : "", g->W, g->H);
+    if (p->title)
+        svg_tx(&g->w, g->W / 2.0, 30, 0, "text-anchor=\"middle\" font-size=\"18\" font-weight="
+               "\"bold\"", p->title);
+    if (p->note)
+        svg_tx(&g->w, g->W / 2.0, p->title ? 50 : 18, 0, "text-anchor=\"middle\" font-size=\"12\" "
+               "fill=\"#666\"", p->note);
+
+    /* Grid, data clipped to the frame, highlights, then frame, ticks and labels on top. */
+    svg_out(&g->w, "<g fill=\"none\" stroke=\"#e3e3e3\" shape-rendering=\"crispEdges\">\n");
+    svg_axes(g, 0);
+    svg_out(&g->w, "</g>\n<g clip-path=\"url(#%s)\">\n", clip);
+    for (int i = 0; p->hlines && i < p->n_hlines; i++)
+        if (svg_ok(&g->ay, p->hlines[i]))
+            svg_out(&g->w, "<path fill=\"none\" stroke=\"#555\" stroke-width=\"1.3\" stroke-"
+                    "dasharray=\"6 4\" d=\"M%f %fH%f\"/>\n", g->left, svg_map(&g->ay, p->hlines[i]),
+                    g->right);
+    for (int k = 0; k < g->ns; k++) svg_series(g, k);
+    svg_out(&g->w, "</g>\n");
+    for (int k = 0; k < g->ns; k++)
+        for (int i = 0; s[k].highlight && s[k].x && s[k].y && i < s[k].n; i++)
+            if (s[k].highlight[i]) svg_highlight(g, k, i, occ, &n_occ);
+    svg_out(&g->w, "<g fill=\"none\" stroke=\"#444\" shape-rendering=\"crispEdges\">\n"
+            "<rect x=\"%f\" y=\"%f\" width=\"%f\" height=\"%f\"/>\n", g->left, g->top,
+            g->right - g->left, g->bot - g->top);
+    svg_axes(g, 1);
+    svg_out(&g->w, "</g>\n");
+    svg_axes(g, 2);
+    double cx = (g->left + g->right) / 2, cy = (g->top + g->bot) / 2;
+    if (p->xlabel) svg_tx(&g->w, cx, g->bot + 45, 0, "text-anchor=\"middle\" font-size=\"15\"",
+                          p->xlabel);
+    if (p->ylabel) svg_tx(&g->w, 20, cy, 1, "text-anchor=\"middle\" font-size=\"15\"", p->ylabel);
+    if (!shown) svg_tx(&g->w, cx, cy, 0, "text-anchor=\"middle\" font-size=\"16\" fill=\"#888\"",
+                       "no data");
+    if (skipped) {
+        snprintf(b, sizeof b, "%ld point%s not shown (non-finite%s)", skipped,
+                 skipped > 1 ? "s" : "",
+                 g->ax.log || g->ay.log ? " or \xE2\x89\xA4 0 on a log axis" : "");
+        svg_tx(&g->w, 8, g->H - 8, 0, "font-size=\"12\" fill=\"#777\"", b);
+    }
+    if (n_leg) svg_legend(g, leg);
+    if (has_c) {   /* the colour bar spans the frame height, low values at the bottom */
+        double bx = g->right + 16, flat = !(g->chi > g->clo);
+        svg_out(&g->w, "<rect x=\"%f\" y=\"%f\" width=\"14\" height=\"%f\" fill=\"url(#cr-viridis)"
+                "\" stroke=\"#444\" shape-rendering=\"crispEdges\"/>\n", bx, g->top,
+                g->bot - g->top);
+        for (int i = 0; i < (flat ? 1 : 3); i++) {
+            double y = flat ? cy : g->bot - i * (g->bot - g->top) / 2;
+            svg_out(&g->w, "<path stroke=\"#444\" d=\"M%f %fh4\"/>\n", bx + 14, y);
+            svg_tx(&g->w, bx + 21, y + 4.5, 0, "", cl[i]);
+        }
+        if (p->clabel) svg_tx(&g->w, bx + 40 + cw, cy, 1, "text-anchor=\"middle\" font-size=\"15\"",
+                              p->clabel);
+    }
+    svg_out(&g->w, "</svg>\n");
+    if (fflush(f) != 0 || ferror(f)) g->w.err = 1;
+    return g->w.err;
 }
 
 /* ============================================================================================
@@ -6791,16 +7593,20 @@ static void cli_print_induction(FILE *out, const cr_model *m, const cli_inductio
         fprintf(out, "%-9s %10.4f %6s %14.4f %14.4f %11.1f%%\n", name, r->first_mean[j], r->rises[j] ? "yes" : "no", hr, lr, 100 * (1 - hr));
     }
     fprintf(out, "\n# induction heads (score: mean attention from the second copy to the token after the earlier occurrence)\n");
-    int shown = 0;
-    for (int pass = 0; pass < 2; pass++)
-        for (int l = 0; l < c->n_layers; l++)
-            for (int h = 0; h < c->n_heads; h++) {
-                double sc = r->head_score[(size_t)l * c->n_heads + h];
-                if ((pass == 0) != (sc > 0.7)) continue;
-                if (pass == 1 && shown >= 5) continue;
-                fprintf(out, "%d.%-6d %.4f%s\n", l, h, sc, sc > 0.7 ? "  induction head" : "");
-                shown++;
-            }
+    /* All heads above 0.7, and at least the five best. */
+    int nh = c->n_layers * c->n_heads;
+    int *order = cr_malloc((size_t)nh, sizeof *order);
+    for (int i = 0; order && i < nh; i++) {
+        int p = i;
+        while (p > 0 && r->head_score[order[p - 1]] < r->head_score[i]) order[p] = order[p - 1], p--;
+        order[p] = i;
+    }
+    for (int i = 0; order && i < nh; i++) {
+        double sc = r->head_score[order[i]];
+        if (i >= 5 && sc <= 0.7) break;
+        fprintf(out, "%d.%-6d %.4f%s\n", order[i] / c->n_heads, order[i] % c->n_heads, sc, sc > 0.7 ? "  induction head" : "");
+    }
+    free(order);
     if (ci->n_heads) {
         fprintf(out, "\n# BOS ablation at each second-copy position (all attention of the head on BOS); neuron %d.%d\n%-8s %21s %21s %21s %21s\n",
                 Lf, ci->n_neurons ? ci->neurons[0] : 0, "head", "activation", "norm scale", "entropy", "loss");
@@ -6844,6 +7650,329 @@ static int cmd_induction(int argc, char **argv) {
     return rc;
 }
 
+/* ---- report ---- */
+
+static FILE *cli_report_open(cr_outfile *o, const char *dir, const char *name, int *rc) {
+    char path[4096];
+    cr_err err;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    if (cr_outfile_open(o, path, &err)) { *rc = cli_error("%s", err.msg); return NULL; }
+    return o->f;
+}
+
+static void cli_report_close(cr_outfile *o, int *rc) {
+    cr_err err;
+    if (o->f && cr_outfile_close(o, 1, &err) && !*rc) *rc = cli_error("%s", err.msg);
+}
+
+static void cli_html_escape(FILE *f, const char *s) {
+    for (; *s; s++) {
+        if (*s == '<') fputs("&lt;", f);
+        else if (*s == '>') fputs("&gt;", f);
+        else if (*s == '&') fputs("&amp;", f);
+        else if (*s == '"') fputs("&quot;", f);
+        else fputc(*s, f);
+    }
+}
+
+/* Progress goes to stderr only when a person is watching it. */
+static void cli_progress(const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 1, 2)))
+#endif
+    ;
+static void cli_progress(const char *fmt, ...) {
+    if (!isatty(2)) return;
+    va_list ap;
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
+static int cmd_report(int argc, char **argv) {
+    const char *tokp = NULL, *outd = NULL, *rowss = NULL, *ctxs = NULL, *unip = NULL, *thr = NULL, *Ns = NULL, *seqss = NULL, *ks = NULL, *heads = NULL, *pos[64];
+    int np;
+    cli_opt opts[] = {{"-o", 1, &outd, "output directory (required; created if missing)"}, {"--rows", 1, &rowss, "evaluation rows for the ablation (default 16)"},
+                      {"--ctx", 1, &ctxs, "row length incl. BOS"}, {"--unigram", 1, &unip, "counts file (default: the model's own, else counted from TEXT)"},
+                      {"-N", 1, &Ns, "induction: length of S (default 99 or what fits)"}, {"--seqs", 1, &seqss, "induction sequences (default 8)"},
+                      {"--bos-ablate", 1, &heads, "induction: heads to BOS-ablate (default: the top induction head)"},
+                      {"--k", 1, &ks, "null-space dimensions for rho"}, {"--threads", 1, &thr, "threads"}, {"--tokenizer", 1, &tokp, "tokenizer"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 64, &np);
+    if (pr == 2) return cli_usage("report", "[MODEL [TEXT...]] -o DIR", "Run every analysis and write CSV, JSON and SVG plots with an index.html that explains them.", opts), 0;
+    if (pr) return 2;
+    if (!outd) return cli_error("report needs -o DIR"), 2;
+    const char *model_path = np ? pos[0] : CR_DEFAULT_MODEL;
+    const char *default_text[] = {CR_DEFAULT_TEXT};
+    const char *const *files = np > 1 ? pos + 1 : default_text;
+    int n_files = np > 1 ? np - 1 : 1;
+    cr_model *m = cli_open_model(model_path, tokp);
+    if (!m) return 1;
+    const cr_config *c = cr_model_config(m);
+    const int f = c->d_mlp, d = c->d_model, layer = c->n_layers - 1;
+    long max_rows = 16, ctx = c->n_ctx < 256 ? c->n_ctx : 256, threads = 0, N = (c->n_ctx - 1) / 2 < 99 ? (c->n_ctx - 1) / 2 : 99, n_seqs = 8, k = cr_default_k(d);
+    int rc = 0;
+    if ((rowss && !cli_int(rowss, "--rows", 1, INT32_MAX, &max_rows)) || (ctxs && !cli_int(ctxs, "--ctx", 5, c->n_ctx, &ctx)) ||
+        (thr && !cli_int(thr, "--threads", 1, 1024, &threads)) || (Ns && !cli_int(Ns, "-N", 2, (c->n_ctx - 1) / 2, &N)) ||
+        (seqss && !cli_int(seqss, "--seqs", 1, 100000, &n_seqs)) || (ks && !cli_int(ks, "--k", 1, d, &k)))
+        rc = 2;
+    if (!rc && mkdir(outd, 0777) != 0 && errno != EEXIST) rc = cli_error("%s: cannot create directory: %s", outd, strerror(errno));
+    cr_err err;
+    cr_unigram *ug = NULL;
+    cr_freqdir fd = {0};
+    const char *ug_source = unip ? unip : "the model file";
+    if (!rc && !cli_load_unigram(m, unip, &ug)) rc = 1;
+    if (!rc && !ug && cr_model_tokenizer(m)) {
+        /* No counts anywhere: count the evaluation text itself. */
+        ug_source = "counted from the evaluation text";
+        if (cr_unigram_open_empty(c->n_vocab, &ug, &err)) rc = cli_error("%s", err.msg);
+        for (int i = 0; !rc && i < n_files; i++) {
+            char *text;
+            size_t len;
+            if (cr_read_file(files[i], &text, &len, &err)) { rc = cli_error("%s", err.msg); break; }
+            if (cr_unigram_add_text(ug, cr_model_tokenizer(m), text, len, &err)) rc = cli_error("%s: %s", files[i], err.msg);
+            free(text);
+        }
+    }
+    if (!rc && ug && cr_freqdir_make(&fd, ug, &err)) rc = cli_error("%s", err.msg);
+    cr_rows rows = {0};
+    if (!rc && !cli_make_rows(m, files, n_files, ctx, max_rows, NULL, &rows)) rc = 1;
+    cr_neuron_row *res = cr_calloc((size_t)f, sizeof *res), *w = cr_calloc((size_t)f, sizeof *w);
+    int *all = cr_malloc((size_t)f, sizeof *all);
+    double *sv = NULL, t_weights = 0, t_ablate = 0, t_ind = 0, corr = 0;
+    int64_t n_corr = 0, mean_tokens = 0;
+    if (!rc && (!res || !w || !all)) rc = cli_error("out of memory");
+    double t0 = cr_now();
+    if (!rc) {
+        cli_progress("report: weight metrics of %d neurons...\n", f);
+        cr_unembed u;
+        if (cr_unembed_make(m, &u, &err)) rc = cli_error("%s", err.msg);
+        else {
+            if (cr_weight_metrics(m, layer, (int)k, &u, ug ? &fd : NULL, w, &sv, (int)threads, &err)) rc = cli_error("%s", err.msg);
+            cr_unembed_free(&u);
+        }
+        t_weights = cr_now() - t0;
+    }
+    if (!rc) {
+        cli_progress("report: mean ablation of %d neurons over %d rows...\n", f, rows.n_rows);
+        for (int i = 0; i < f; i++) all[i] = i;
+        int32_t nl = cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1;
+        cr_ablate_spec sp = {layer, all, f, NULL, ug ? &fd : NULL, nl, 0, (int)threads, 512};
+        t0 = cr_now();
+        if (cr_ablate(m, &rows, &sp, res, &mean_tokens, &err)) rc = cli_error("%s", err.msg);
+        t_ablate = cr_now() - t0;
+        for (int i = 0; !rc && i < f; i++) {
+            res[i].norm = w[i].norm, res[i].logit_var = w[i].logit_var, res[i].rho = w[i].rho, res[i].freq_cos = w[i].freq_cos;
+            res[i].has_weights = 1, res[i].has_freq_cos = w[i].has_freq_cos;
+        }
+        if (!rc && ug && !cli_entropy_kl_corr(m, &rows, &fd, nl, (int)threads, &corr, &n_corr)) rc = 1;
+    }
+    cli_induction ci;
+    int have_ind = 0;
+    if (!rc && cr_model_tokenizer(m)) {
+        cli_progress("report: induction (%ld sequences of 2 x %ld tokens)...\n", n_seqs, N);
+        t0 = cr_now();
+        /* Heads to BOS-ablate default to the strongest induction head, found in a first pass. */
+        cli_induction probe;
+        const char *hl = heads;
+        char hbuf[64];
+        if (!hl && cli_run_induction(m, files, n_files, N, 2, 1, 1, NULL, NULL, (int)threads, &probe)) {
+            int best = 0;
+            for (int i = 1; i < c->n_layers * c->n_heads; i++) if (probe.res.head_score[i] > probe.res.head_score[best]) best = i;
+            snprintf(hbuf, sizeof hbuf, "%d.%d", best / c->n_heads, best % c->n_heads);
+            hl = hbuf;
+            cli_induction_free(&probe);
+        }
+        if (cli_run_induction(m, files, n_files, N, n_seqs, 0, 1, NULL, hl, (int)threads, &ci)) have_ind = 1;
+        else rc = 1;
+        t_ind = cr_now() - t0;
+    }
+    /* Highlights: entropy-neuron candidates (large TE mostly through the norm) and frequency
+     * candidates (largest |dKL|). */
+    unsigned char *hi_e = cr_calloc((size_t)f, 1), *hi_f = cr_calloc((size_t)f, 1);
+    char **names = cr_calloc((size_t)f, sizeof *names);
+    int top_e[3] = {-1, -1, -1}, top_f[3] = {-1, -1, -1};
+    if (!rc && (!hi_e || !hi_f || !names)) rc = cli_error("out of memory");
+    for (int i = 0; !rc && i < f; i++) {
+        names[i] = malloc(32);
+        if (names[i]) snprintf(names[i], 32, "%d.%d", layer, i);
+        double se = res[i].te * fmax(res[i].ln_frac, 0), sfq = res[i].has_freq_effects ? res[i].abs_dkl : 0;
+        for (int q = 0; q < 3; q++) {
+            if (top_e[q] < 0 || se > res[top_e[q]].te * fmax(res[top_e[q]].ln_frac, 0)) { for (int r = 2; r > q; r--) top_e[r] = top_e[r - 1]; top_e[q] = i; break; }
+        }
+        for (int q = 0; ug && q < 3; q++) {
+            if (top_f[q] < 0 || sfq > res[top_f[q]].abs_dkl) { for (int r = 2; r > q; r--) top_f[r] = top_f[r - 1]; top_f[q] = i; break; }
+        }
+    }
+    for (int q = 0; !rc && q < 3; q++) { if (top_e[q] >= 0) hi_e[top_e[q]] = 1; if (top_f[q] >= 0) hi_f[top_f[q]] = 1; }
+    cr_outfile o = {0};
+    FILE *fp;
+    /* neurons.csv / neurons.json */
+    int cols[N_COLS];
+    for (int cc = 0; cc < N_COLS; cc++) cols[cc] = cc;
+    if (!rc && (fp = cli_report_open(&o, outd, "neurons.csv", &rc))) { cli_print_neurons(fp, res, f, cols, N_COLS, COL_TE, 0, 0, 1, NULL); cli_report_close(&o, &rc); }
+    char meta[2048];
+    snprintf(meta, sizeof meta, "\"model\": \"%s\", \"layer\": %d, \"rows\": %d, \"ctx\": %d, \"tokens\": %lld, \"k\": %ld, \"unigram\": \"%s\"", model_path, layer,
+             rows.n_rows, rows.ctx, (long long)(f ? res[0].n_tokens : 0), k, ug ? ug_source : "none");
+    if (!rc && (fp = cli_report_open(&o, outd, "neurons.json", &rc))) { cli_print_neurons(fp, res, f, cols, N_COLS, COL_TE, 0, 0, 2, meta); cli_report_close(&o, &rc); }
+    if (!rc && (fp = cli_report_open(&o, outd, "svals.csv", &rc))) {
+        fprintf(fp, "index,singular_value\n");
+        for (int i = d - 1; i >= 0; i--) fprintf(fp, "%d,%.9g\n", d - 1 - i, sv[i]);
+        cli_report_close(&o, &rc);
+    }
+    if (!rc && have_ind && (fp = cli_report_open(&o, outd, "induction.csv", &rc))) { cli_print_induction(fp, m, &ci, 1); cli_report_close(&o, &rc); }
+    if (!rc && have_ind && (fp = cli_report_open(&o, outd, "induction.json", &rc))) { cli_print_induction(fp, m, &ci, 2); cli_report_close(&o, &rc); }
+    if (!rc && have_ind && (fp = cli_report_open(&o, outd, "induction.txt", &rc))) { cli_print_induction(fp, m, &ci, 0); cli_report_close(&o, &rc); }
+    /* Plots. */
+    double *xs = cr_malloc((size_t)f + (size_t)d + 1, 8), *ys = cr_malloc((size_t)f + (size_t)d + 1, 8), *cs = cr_malloc((size_t)f + 1, 8);
+    if (!rc && (!xs || !ys || !cs)) rc = cli_error("out of memory");
+    char note[512];
+    snprintf(note, sizeof note, "%s, final layer %d, %d neurons; %d rows x %d tokens", model_path, layer, f, rows.n_rows, rows.ctx);
+    if (!rc && (fp = cli_report_open(&o, outd, "norm_logitvar.svg", &rc))) {
+        for (int i = 0; i < f; i++) xs[i] = res[i].norm, ys[i] = res[i].logit_var;
+        cr_plot_series s = {"final-layer neurons", xs, ys, NULL, (const char *const *)names, hi_e, f, 0, "#1f77b4"};
+        cr_plot p = {"Output norm vs LogitVar", "weight norm |w_out| (processed)", "LogitVar (variance of cos(w_out, W_U[:,t]))", NULL, 0, 1, 0, 0, 0, 0, 0, 0, NULL, 0, note};
+        if (cr_plot_svg(fp, &p, &s, 1)) rc = cli_error("%s/norm_logitvar.svg: write error", outd);
+        cli_report_close(&o, &rc);
+    }
+    if (!rc && (fp = cli_report_open(&o, outd, "svals.svg", &rc))) {
+        for (int i = 0; i < d; i++) xs[i] = i, ys[i] = sv[d - 1 - i] > 0 ? sv[d - 1 - i] : NAN;
+        cr_plot_series s = {"singular values of W_U", xs, ys, NULL, NULL, NULL, d, 2, "#d62728"};
+        cr_plot p = {"Singular values of the unembedding", "index (descending)", "singular value", NULL, 0, 1, 0, 0, 0, 0, 0, 0, NULL, 0, note};
+        if (cr_plot_svg(fp, &p, &s, 1)) rc = cli_error("%s/svals.svg: write error", outd);
+        cli_report_close(&o, &rc);
+    }
+    if (!rc && (fp = cli_report_open(&o, outd, "rho_lnfrac.svg", &rc))) {
+        for (int i = 0; i < f; i++) xs[i] = res[i].ln_frac, ys[i] = res[i].rho, cs[i] = fabs(res[i].dH_te);
+        cr_plot_series s = {NULL, xs, ys, cs, (const char *const *)names, hi_e, f, 0, NULL};
+        cr_plot p = {"Null-space fraction vs LN-mediated fraction", "LN-mediated fraction 1 - DE/TE", "rho (fraction of w_out in W_U's null space)", "|dH| (nats)",
+                     0, 0, 0, 0, 0, 0, 0, 0, NULL, 0, note};
+        if (cr_plot_svg(fp, &p, &s, 1)) rc = cli_error("%s/rho_lnfrac.svg: write error", outd);
+        cli_report_close(&o, &rc);
+    }
+    if (!rc && ug && (fp = cli_report_open(&o, outd, "dkl_freqfrac.svg", &rc))) {
+        for (int i = 0; i < f; i++) xs[i] = res[i].freq_frac, ys[i] = res[i].abs_dkl;
+        cr_plot_series s = {"final-layer neurons", xs, ys, NULL, (const char *const *)names, hi_f, f, 0, "#2ca02c"};
+        cr_plot p = {"Token-frequency neurons", "frequency-mediated fraction 1 - DE_freq/TE", "mean |dKL(P_freq || p)| (nats)", NULL, 0, 1, 0, 0, 0, 0, 0, 0, NULL, 0, note};
+        if (cr_plot_svg(fp, &p, &s, 1)) rc = cli_error("%s/dkl_freqfrac.svg: write error", outd);
+        cli_report_close(&o, &rc);
+    }
+    if (!rc && have_ind && (fp = cli_report_open(&o, outd, "induction_entropy.svg", &rc))) {
+        int T = ci.res.T;
+        double *px = cr_malloc((size_t)T, 8);
+        if (!px) rc = cli_error("out of memory");
+        else {
+            for (int t = 0; t < T; t++) px[t] = t;
+            cr_plot_series s[4];
+            char labels[3][64];
+            int ns = 0;
+            cr_plot_series s0 = {"clean", px, ci.res.entropy, NULL, NULL, NULL, T, 1, "#1f77b4"};
+            s[ns++] = s0;
+            static const char *const colors[3] = {"#d62728", "#ff7f0e", "#9467bd"};
+            for (int j = 0; j < ci.n_neurons && j < 3; j++) {
+                snprintf(labels[j], sizeof labels[j], "%d.%d clipped", layer, ci.neurons[j]);
+                cr_plot_series sj = {labels[j], px, ci.res.clip_entropy + (size_t)j * T, NULL, NULL, NULL, T, 1, colors[j]};
+                s[ns++] = sj;
+            }
+            char inote[256];
+            snprintf(inote, sizeof inote, "[BOS] + S + S, |S| = %d, mean of %d natural-text sequences; the repeat starts at position %d", ci.N, ci.n_seqs, ci.N + 1);
+            cr_plot p = {"Entropy per position under induction", "position", "entropy (nats)", NULL, 0, 0, 0, 0, 0, 0, 0, 0, NULL, 0, inote};
+            if (cr_plot_svg(fp, &p, s, ns)) rc = cli_error("%s/induction_entropy.svg: write error", outd);
+            free(px);
+        }
+        cli_report_close(&o, &rc);
+    }
+    /* summary.json and index.html */
+    char mean_desc[256];
+    snprintf(mean_desc, sizeof mean_desc, "mean over all %lld tokens of the %d evaluation rows", (long long)mean_tokens, rows.n_rows);
+    if (!rc && (fp = cli_report_open(&o, outd, "summary.json", &rc))) {
+        fprintf(fp, "{\"model\": \"%s\", \"arch\": \"%s\", \"n_layers\": %d, \"d_model\": %d, \"d_mlp\": %d, \"n_vocab\": %d, \"rows\": %d, \"ctx\": %d, "
+                    "\"tokens\": %lld, \"mean_source\": \"%s\", \"unigram\": \"%s\", \"k\": %ld, \"entropy_kl_corr\": %.6f, \"seconds\": {\"weights\": %.3f, \"ablate\": %.3f, \"induction\": %.3f},\n",
+                model_path, cr_arch_name(c->arch), c->n_layers, d, f, c->n_vocab, rows.n_rows, rows.ctx, (long long)(f ? res[0].n_tokens : 0), mean_desc,
+                ug ? ug_source : "none", k, corr, t_weights, t_ablate, t_ind);
+        fprintf(fp, " \"entropy_candidates\": [");
+        for (int q = 0; q < 3 && top_e[q] >= 0; q++)
+            fprintf(fp, "%s{\"neuron\": \"%d.%d\", \"rho\": %.6f, \"ln_frac\": %.6f, \"te\": %.6f, \"dH_te\": %.6f, \"norm\": %.6f}", q ? ", " : "", layer, top_e[q],
+                    res[top_e[q]].rho, res[top_e[q]].ln_frac, res[top_e[q]].te, res[top_e[q]].dH_te, res[top_e[q]].norm);
+        fprintf(fp, "],\n \"frequency_candidates\": [");
+        for (int q = 0; q < 3 && top_f[q] >= 0; q++)
+            fprintf(fp, "%s{\"neuron\": \"%d.%d\", \"abs_dkl\": %.6f, \"freq_frac\": %.6f, \"freq_cos\": %.6f, \"te\": %.6f}", q ? ", " : "", layer, top_f[q],
+                    res[top_f[q]].abs_dkl, res[top_f[q]].freq_frac, res[top_f[q]].freq_cos, res[top_f[q]].te);
+        fprintf(fp, "]}\n");
+        cli_report_close(&o, &rc);
+    }
+    if (!rc && (fp = cli_report_open(&o, outd, "index.html", &rc))) {
+        fprintf(fp, "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>confreg report: ");
+        cli_html_escape(fp, model_path);
+        fprintf(fp, "</title>\n<style>body{font-family:sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}"
+                    "img{max-width:100%%;border:1px solid #ddd;margin:.5em 0}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2em .6em;text-align:right}"
+                    "th{background:#f4f4f4}code{background:#f4f4f4;padding:0 .2em}</style></head><body>\n<h1>Confidence-regulation neurons in ");
+        cli_html_escape(fp, model_path);
+        fprintf(fp, "</h1>\n<p>%s, %d layers, d<sub>model</sub> = %d, %d neurons per MLP, vocabulary %d. Final layer %d analysed over %d rows of %d tokens "
+                    "(%lld counted tokens); mean activations: %s. Unigram counts: ",
+                cr_arch_name(c->arch), c->n_layers, d, f, c->n_vocab, layer, rows.n_rows, rows.ctx, (long long)(f ? res[0].n_tokens : 0), mean_desc);
+        cli_html_escape(fp, ug ? ug_source : "none");
+        fprintf(fp, ". Made by confreg %s; the numbers are in <a href=\"neurons.csv\">neurons.csv</a>, <a href=\"neurons.json\">neurons.json</a>, "
+                    "<a href=\"summary.json\">summary.json</a>%s.</p>\n", CONFREG_VERSION, have_ind ? ", <a href=\"induction.csv\">induction.csv</a>" : "");
+        fprintf(fp, "<h2>Entropy-neuron candidates</h2>\n<table><tr><th>neuron</th><th>norm</th><th>rho</th><th>LogitVar</th><th>TE</th><th>LN-mediated</th><th>dH (TE)</th></tr>\n");
+        for (int q = 0; q < 3 && top_e[q] >= 0; q++) {
+            const cr_neuron_row *r = &res[top_e[q]];
+            fprintf(fp, "<tr><td>%d.%d</td><td>%.4f</td><td>%.4f</td><td>%.3g</td><td>%.4f</td><td>%.3f</td><td>%+.4f</td></tr>\n", layer, top_e[q], r->norm, r->rho, r->logit_var, r->te, r->ln_frac, r->dH_te);
+        }
+        fprintf(fp, "</table>\n<p>An entropy neuron writes a large vector into the directions the unembedding barely reads (high rho, low LogitVar). It changes "
+                    "almost no logit directly; instead it changes the norm of the residual stream, so the final norm rescales every logit together and the "
+                    "prediction gets flatter or sharper. Its effect is therefore <em>mediated by the norm</em>: the LN-mediated fraction 1 - DE/TE is close to 1. "
+                    "A random direction has rho about %.3f here.</p>\n", sqrt((double)k / d));
+        fprintf(fp, "<h3>Output norm vs LogitVar</h3><img src=\"norm_logitvar.svg\" alt=\"norm vs LogitVar\">\n<p>Each dot is a final-layer neuron. Entropy "
+                    "neurons sit at the bottom right: large output norm, but a logit effect that is the same for every token (low LogitVar).</p>\n");
+        fprintf(fp, "<h3>Singular values of W<sub>U</sub></h3><img src=\"svals.svg\" alt=\"singular values\">\n<p>The last few singular values are much smaller than the "
+                    "rest: those left singular vectors span the effective null space used to compute rho (k = %ld here).</p>\n", k);
+        fprintf(fp, "<h3>rho vs LN-mediated fraction</h3><img src=\"rho_lnfrac.svg\" alt=\"rho vs LN fraction\">\n<p>Colour is the mean |change of entropy| when the "
+                    "neuron is mean-ablated. Neurons top right act on confidence through the final norm.</p>\n");
+        if (ug) {
+            fprintf(fp, "<h2>Token-frequency neurons</h2>\n<table><tr><th>neuron</th><th>|dKL|</th><th>freq-mediated</th><th>freq_cos</th><th>TE</th></tr>\n");
+            for (int q = 0; q < 3 && top_f[q] >= 0; q++) {
+                const cr_neuron_row *r = &res[top_f[q]];
+                fprintf(fp, "<tr><td>%d.%d</td><td>%.4f</td><td>%.3f</td><td>%+.3f</td><td>%.4f</td></tr>\n", layer, top_f[q], r->abs_dkl, r->freq_frac, r->freq_cos, r->te);
+            }
+            fprintf(fp, "</table>\n<p>A token-frequency neuron shifts every logit in proportion to the token's log unigram frequency, moving the prediction towards "
+                        "(or away from) the unigram distribution. Mean ablation changes KL(P<sub>freq</sub> || p) a lot, and most of its effect on the loss "
+                        "disappears when the logit change along the frequency direction is undone (high frequency-mediated fraction). Across tokens, "
+                        "entropy and KL(P<sub>freq</sub> || p) correlate at %.3f.</p>\n<img src=\"dkl_freqfrac.svg\" alt=\"dKL vs freq fraction\">\n", corr);
+        }
+        if (have_ind) {
+            double h1, h2;
+            cli_copy_means(ci.res.entropy, ci.N, &h1, &h2);
+            fprintf(fp, "<h2>Induction</h2>\n<p>On [BOS] + S + S the model can copy the second half, so it becomes confident: mean entropy %.3f nats on the first copy, "
+                        "%.3f on the second. Entropy neurons may <em>hedge</em> that confidence. Clipping a neuron to its first-copy mean on the second copy "
+                        "(below) shows how much entropy it adds.</p>\n<img src=\"induction_entropy.svg\" alt=\"entropy per position\">\n<table><tr><th>neuron</th>"
+                        "<th>act. 1st copy</th><th>act. 2nd copy</th><th>H after/before (2nd copy)</th></tr>\n", h1, h2);
+            for (int j = 0; j < ci.n_neurons; j++) {
+                double a1, a2, hr = 0;
+                cli_copy_means(ci.res.act + (size_t)j * ci.res.T, ci.N, &a1, &a2);
+                for (int t = ci.N + 1; t < ci.res.T - 1; t++) hr += ci.res.h_ratio[(size_t)j * ci.res.T + t];
+                fprintf(fp, "<tr><td>%d.%d</td><td>%.4f</td><td>%.4f</td><td>%.4f</td></tr>\n", layer, ci.neurons[j], a1, a2, hr / (ci.N - 1));
+            }
+            fprintf(fp, "</table>\n<p>Induction heads (score &gt; 0.7 on random repeats): ");
+            int any = 0;
+            for (int i = 0; i < c->n_layers * c->n_heads; i++)
+                if (ci.res.head_score[i] > 0.7) fprintf(fp, "%s%d.%d (%.2f)", any++ ? ", " : "", i / c->n_heads, i % c->n_heads, ci.res.head_score[i]);
+            if (!any) fprintf(fp, "none");
+            fprintf(fp, ". Details: <a href=\"induction.txt\">induction.txt</a>.</p>\n");
+        }
+        fprintf(fp, "<p>Definitions follow Stolfo et al., <i>Confidence Regulation Neurons in Language Models</i> (NeurIPS 2024); see the confreg README for each column.</p>\n</body></html>\n");
+        cli_report_close(&o, &rc);
+    }
+    if (!rc) fprintf(stderr, "report: wrote %s/index.html (weights %.1f s, ablation %.1f s, induction %.1f s)\n", outd, t_weights, t_ablate, t_ind);
+    for (int i = 0; names && i < f; i++) free(names[i]);
+    free(names), free(hi_e), free(hi_f), free(xs), free(ys), free(cs), free(res), free(w), free(all), free(sv);
+    if (have_ind) cli_induction_free(&ci);
+    cr_rows_free(&rows);
+    cr_freqdir_free(&fd);
+    cr_unigram_close(ug);
+    cr_model_close(m);
+    return rc;
+}
+
 static const cli_cmd cli_cmds[] = {
     {"info", "[MODEL]", "architecture, dimensions, dtypes, memory", cmd_info},
     {"tokenize", "MODEL [FILE] [--text STR]", "token ids of a text", cmd_tokenize},
@@ -6856,6 +7985,7 @@ static const cli_cmd cli_cmds[] = {
     {"ablate", "[MODEL [TEXT...]]", "mean ablation: TE, DE, LN-mediated fraction, dH, dKL", cmd_ablate},
     {"freq", "[MODEL [TEXT...]] --unigram C", "token-frequency neurons", cmd_freq},
     {"induction", "[MODEL [TEXT...]]", "induction case study: copies, clip ablation, heads", cmd_induction},
+    {"report", "[MODEL [TEXT...]] -o DIR", "everything: CSV, JSON, SVG plots, index.html", cmd_report},
     {"synth", "-o OUT.gguf", "a model with planted entropy and frequency neurons", cmd_synth},
     {NULL, NULL, NULL, NULL}};
 
