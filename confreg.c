@@ -195,8 +195,9 @@ static int cr_read_file(const char *path, char **out, size_t *len, cr_err *err) 
     if (rc) return rc;
     char *buf = malloc(m.size + 1);
     if (!buf) {
+        size_t size = m.size;
         cr_map_close(&m);
-        return cr_fail(err, CR_ENOMEM, "%s: out of memory reading %zu bytes", path, m.size);
+        return cr_fail(err, CR_ENOMEM, "%s: out of memory reading %zu bytes", path, size);
     }
     memcpy(buf, m.data, m.size);
     buf[m.size] = 0;
@@ -4378,8 +4379,9 @@ int cr_unigram_open(const char *path, int32_t n_vocab, cr_unigram **out, cr_err 
     }
     uint32_t nv = cr_rd32(p + 8);
     if (nv < 1 || nv > CR_MAX_VOCAB || m.size != 24 + 8ull * nv + 8) {
+        size_t size = m.size;
         cr_map_close(&m);
-        return cr_fail(err, CR_EFORMAT, "%s: claims %u counts but holds %zu bytes", path, nv, m.size);
+        return cr_fail(err, CR_EFORMAT, "%s: claims %u counts (%llu bytes) but holds %zu bytes", path, nv, 32 + 8ull * nv, size);
     }
     if (n_vocab > 0 && (int32_t)nv != n_vocab) {
         cr_map_close(&m);
@@ -5696,7 +5698,8 @@ int cr_write_npy(const char *path, const float *data, int ndim, const int64_t *s
  *     but a non-finite c[i] is drawn in grey.
  *   - Axis limits apply when min != 0 or max != 0 and they make a valid range; otherwise the
  *     range is automatic.  Data outside the limits is clipped to the plot frame.
- *   - width/height <= 0 mean 720 x 480; smaller than 240 x 180 is raised to that.
+ *   - width/height <= 0 mean 720 x 480; smaller than 320 x 240 is raised to that.  A title
+ *     too wide for the canvas is set smaller, down to 12px.
  *   - Text is escaped; invalid UTF-8 becomes U+FFFD and control characters become spaces, so
  *     the document is well-formed whatever the caller passes.  Tokens should be made visible
  *     ("\n" -> "\\n") by the caller if that matters.
@@ -6115,7 +6118,7 @@ static void svg_highlight(svg_ctx *g, int k, int i, svg_box *occ, int *n_occ) {
 
 /* The legend goes into whichever corner of the frame hides the fewest points. */
 static svg_box svg_legend_box(const svg_ctx *g, int n_leg, double textw) {
-    double w = 52 + textw, h = 10 + 20 * n_leg;
+    double w = 58 + textw, h = 10 + 20 * n_leg;
     svg_box best = {0, 0, 0, 0};
     long nbest = -1;
     for (int c = 0; c < 4; c++) {
@@ -6161,7 +6164,7 @@ static int cr_plot_svg(FILE *f, const cr_plot *p, const cr_plot_series *s, int n
     g->w.f = f, g->p = p = p ? p : &none, g->s = s, g->ns = s && n_series > 0 ? n_series : 0;
     g->ax.log = p->logx != 0, g->ay.log = p->logy != 0;
     g->W = p->width > 0 ? p->width : 720, g->H = p->height > 0 ? p->height : 480;
-    g->W = g->W < 240 ? 240 : g->W, g->H = g->H < 180 ? 180 : g->H;
+    g->W = g->W < 320 ? 320 : g->W, g->H = g->H < 240 ? 240 : g->H;
     g->clo = HUGE_VAL, g->chi = -HUGE_VAL;
     for (int k = 0; k < g->ns; k++) {
         const cr_plot_series *q = &s[k];
@@ -6223,9 +6226,12 @@ static int cr_plot_svg(FILE *f, const cr_plot *p, const cr_plot_series *s, int n
     }
     svg_out(&g->w, "%s</defs>\n<rect width=\"%d\" height=\"%d\" fill=\"#fff\"/>\n",
             has_c ? "</linearGradient>" : "", g->W, g->H);
-    if (p->title)
-        svg_tx(&g->w, g->W / 2.0, 30, 0, "text-anchor=\"middle\" font-size=\"18\" font-weight="
-               "\"bold\"", p->title);
+    if (p->title) {
+        double size = fmax(12, fmin(18, 18 * (g->W - 16) / svg_textw(p->title, 19.8)));
+        snprintf(b, sizeof b, "text-anchor=\"middle\" font-size=\"%d\" font-weight=\"bold\"",
+                 (int)size);
+        svg_tx(&g->w, g->W / 2.0, 30, 0, b, p->title);
+    }
     if (p->note)
         svg_tx(&g->w, g->W / 2.0, p->title ? 50 : 18, 0, "text-anchor=\"middle\" font-size=\"12\" "
                "fill=\"#666\"", p->note);
@@ -7034,8 +7040,9 @@ static int cli_mean_load(const char *path, int layer, int f, double *mean, char 
         return cli_error("%s: not a confreg mean-activation file (bad magic, truncated or wrong size)", path), 0;
     }
     if ((int)cr_rd32(p + 8) != layer || (int)cr_rd32(p + 12) != f) {
+        unsigned fl = cr_rd32(p + 8), ff = cr_rd32(p + 12);
         cr_map_close(&m);
-        return cli_error("%s: holds means for layer %u with %u neurons, but this scan needs layer %d with %d", path, cr_rd32(p + 8), cr_rd32(p + 12), layer, f), 0;
+        return cli_error("%s: holds means for layer %u with %u neurons, but this scan needs layer %d with %d", path, fl, ff, layer, f), 0;
     }
     snprintf(desc, desc_cap, "%.*s (%llu tokens, loaded from %s)", (int)dl, (const char *)p + 28, (unsigned long long)cr_rd64(p + 16), path);
     for (int i = 0; i < f; i++) { uint64_t b = cr_rd64(p + 28 + dl + 8ull * (uint64_t)i); memcpy(&mean[i], &b, 8); }
