@@ -311,6 +311,16 @@ static uint32_t cr_rd32(const unsigned char *p) {
 }
 static uint64_t cr_rd64(const unsigned char *p) { return cr_rd32(p) | ((uint64_t)cr_rd32(p + 4) << 32); }
 
+/* Threads to use: n when positive, else every available core. */
+static int cr_threads(int n) {
+#ifdef _OPENMP
+    return n > 0 ? n : omp_get_max_threads();
+#else
+    (void)n;
+    return 1;
+#endif
+}
+
 static double cr_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -1613,7 +1623,7 @@ static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, 
     if (w->trans) {
         /* [cols, rows] storage: accumulate scaled rows, splitting output columns over threads. */
         const int64_t chunk = 64;
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (R * C * n >= CR_PAR_MIN)
+#pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(static) if (R * C * n >= CR_PAR_MIN)
         for (int64_t r0 = 0; r0 < R; r0 += chunk) {
             int64_t r1 = r0 + chunk < R ? r0 + chunk : R;
             for (int t = 0; t < n; t++) {
@@ -1638,7 +1648,7 @@ static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, 
     }
     const uint64_t rb = cr_row_bytes(w->dtype, (uint64_t)C);
     const uint64_t xqb = cr_row_bytes(CR_Q8_0, (uint64_t)C);
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (R * C * n >= CR_PAR_MIN)
+#pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(static) if (R * C * n >= CR_PAR_MIN)
     for (int64_t r = 0; r < R; r++) {
         const unsigned char *wr = w->data + (uint64_t)r * rb;
         float b = bias ? bias[r] : 0.0f;
@@ -4497,7 +4507,7 @@ static void cr_times_unembed(const cr_unembed *u, const float *A, int m, float *
     const int d = u->d, V = u->V, RB = 16, CB = 512;
     (void)n_threads;
     const int n_cb = (V + CB - 1) / CB, n_rb = (m + RB - 1) / RB;
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 1) collapse(2)
+#pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(dynamic, 1) collapse(2)
     for (int rb = 0; rb < n_rb; rb++)
         for (int cb = 0; cb < n_cb; cb++) {
             int r0 = rb * RB, r1 = r0 + RB < m ? r0 + RB : m, c0 = cb * CB, c1 = c0 + CB < V ? c0 + CB : V;
@@ -4566,8 +4576,8 @@ static double eigh_dot(const double *x, const double *y, size_t n) {
     /* Independent partial sums: one chain of dependent adds would be latency bound, and the
      * compiler may not reassociate floating point on its own. */
     double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-    size_t j = 0;
-    for (; j + 4 <= n; j += 4) {
+    size_t j = 0, n4 = n - n % 4;
+    for (; j < n4; j += 4) {
         s0 += x[j] * y[j];
         s1 += x[j + 1] * y[j + 1];
         s2 += x[j + 2] * y[j + 2];
@@ -4592,7 +4602,7 @@ static void eigh_axpy(double *restrict y, const double *restrict x, size_t n, do
  * u_k[k-1] == 0 marks P_k = I (a real reflector always has that entry nonzero).
  * d: diagonal of T, e[i] = T[i][i+1].  p: n doubles of scratch. */
 static void eigh_tridiag(double *a, size_t n, double *d, double *e, double *p) {
-    for (size_t k = n - 1; k >= 2 && k < n; k--) {
+    for (size_t k = n - 1; k >= 2; k--) {
         double *u = a + k * n, scale = 0, s2 = 0;
         d[k] = u[k];
         for (size_t j = 0; j + 1 < k; j++) scale = fmax(scale, fabs(u[j]));
@@ -4762,7 +4772,7 @@ static int cr_unembed_svd(const cr_unembed *u, int k, float **null_basis, double
     double *G = cr_calloc((size_t)d * (size_t)d, sizeof *G), *w = cr_malloc((size_t)d, sizeof *w);
     if (!G || !w) { free(G), free(w); return cr_fail(err, CR_ENOMEM, "out of memory for a %d x %d Gram matrix", d, d); }
     (void)n_threads;
-#pragma omp parallel for num_threads(n_threads) schedule(dynamic, 4)
+#pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(dynamic, 4)
     for (int i = 0; i < d; i++) {
         const float *wi = u->W + (size_t)i * (size_t)V;
         for (int j = 0; j <= i; j++) {
@@ -4811,7 +4821,7 @@ static int cr_weight_metrics(const cr_model *m, int layer, int k, const cr_unemb
     for (int i0 = 0; !rc && i0 < f; i0 += NB) {
         int nbk = i0 + NB < f ? NB : f - i0;
         cr_times_unembed(u, w + (size_t)i0 * (size_t)d, nbk, g, n_threads);
-#pragma omp parallel for num_threads(n_threads) schedule(static)
+#pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(static)
         for (int j = 0; j < nbk; j++) {
             const float *wi = w + (size_t)(i0 + j) * (size_t)d, *gi = g + (size_t)j * (size_t)V;
             cr_neuron_row *r = &rows[i0 + j];
@@ -5020,7 +5030,7 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
         }
         if (nt == 0) break;
         cr_times_unembed(&u, X, nt, Z0, sp->n_threads);
-#pragma omp parallel for num_threads(sp->n_threads) schedule(static)
+#pragma omp parallel for num_threads(cr_threads(sp->n_threads)) schedule(static)
         for (int q = 0; q < nt; q++) {
             const float *z0 = Z0 + (size_t)q * (size_t)V;
             cr_tok_state *st = &ts[q];
@@ -5048,7 +5058,7 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
              * tiles and every neuron sums its tokens in order: results do not depend on the
              * thread count. */
             const int n_tiles = (nb + TN - 1) / TN;
-#pragma omp parallel for num_threads(sp->n_threads) schedule(dynamic, 1)
+#pragma omp parallel for num_threads(cr_threads(sp->n_threads)) schedule(dynamic, 1)
             for (int tile = 0; tile < n_tiles; tile++) {
                 const int ja = tile * TN, jb = ja + TN < nb ? ja + TN : nb;
                 double gv[TN], gp[TN], gabs[TN];
