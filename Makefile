@@ -13,7 +13,7 @@ endif
 ALLFLAGS = $(WARN) $(CFLAGS) $(ARCHFLAGS) $(OPENMP)
 SAN      = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: all test check clean install data
+.PHONY: all test check clean install data bench bench-quick
 
 all: confreg
 
@@ -43,3 +43,11 @@ install: confreg
 
 clean:
 	rm -f confreg confreg-san tests/test_confreg tests/test_confreg-san
+
+# Benchmarks (figures, not tests): `make bench LLAMA_BENCH=/path/to/llama-bench` adds llama.cpp.
+LLAMA_BENCH ?=
+bench: confreg
+	bench/bench.sh --shared $(SHARED) $(if $(LLAMA_BENCH),--llama-bench $(LLAMA_BENCH))
+
+bench-quick: confreg
+	bench/bench.sh --quick --shared $(SHARED) $(if $(LLAMA_BENCH),--llama-bench $(LLAMA_BENCH))

@@ -1451,7 +1451,8 @@ static float cr_dot_q8f(const unsigned char *w, const float *x, int64_t n) { ret
  * S for zf.  Each shift is an upper bound of its variant's maximum fixed before the pass (so
  * the vocabulary can be split into cache-sized chunks); then lse = shift + log S and
  * H = log S - E / S.  The exponential is exp(x) = 2^n p(r) with x = n ln2 + r, |r| <= ln2/2, and
- * p the degree-6 Taylor polynomial: relative error below 2e-7 for -87 <= x <= 88 (tested). */
+ * p the degree-6 Taylor polynomial: relative error below 3e-7 (2.2e-7 measured by `selftest`
+ * over [-87, 0], mostly the final float rounding). */
 
 typedef struct cr_fused_par { float delta, inv_t, inv_d, cf, shift_t, shift_d, shift_f; int has_f; } cr_fused_par;
 
@@ -1617,7 +1618,7 @@ static void cr_mat_row(const cr_mat *w, int64_t r, float *out) {
  * (one row of cols/32 blocks per position) when W is Q8_0 and not precise.  Rows are split
  * across threads; each weight row is read once for all n positions. */
 static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, int n, float *y,
-                      const float *bias, int n_threads) {
+                      const float *bias, int n_threads, int reference) {
     const int64_t R = w->rows, C = w->cols;
     (void)n_threads;
     if (w->trans) {
@@ -1655,11 +1656,20 @@ static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, 
         for (int t = 0; t < n; t++) {
             const float *xt = x + (int64_t)t * C;
             float v;
-            switch (w->dtype) {
-            case CR_F32: v = cr_dot_f32((const float *)(const void *)wr, xt, C); break;
-            case CR_F16: v = cr_dot_f16((const uint16_t *)(const void *)wr, xt, C); break;
-            case CR_BF16: v = cr_dot_bf16((const uint16_t *)(const void *)wr, xt, C); break;
-            default: v = xq ? cr_dot_q8(wr, xq + (uint64_t)t * xqb, C) : cr_dot_q8f(wr, xt, C); break;
+            if (reference) { /* the scalar twins, for selftest */
+                switch (w->dtype) {
+                case CR_F32: v = cr_dot_f32_scalar((const float *)(const void *)wr, xt, C); break;
+                case CR_F16: v = cr_dot_f16_scalar((const uint16_t *)(const void *)wr, xt, C); break;
+                case CR_BF16: v = cr_dot_bf16_scalar((const uint16_t *)(const void *)wr, xt, C); break;
+                default: v = xq ? cr_dot_q8_scalar(wr, xq + (uint64_t)t * xqb, C) : cr_dot_q8f_scalar(wr, xt, C); break;
+                }
+            } else {
+                switch (w->dtype) {
+                case CR_F32: v = cr_dot_f32((const float *)(const void *)wr, xt, C); break;
+                case CR_F16: v = cr_dot_f16((const uint16_t *)(const void *)wr, xt, C); break;
+                case CR_BF16: v = cr_dot_bf16((const uint16_t *)(const void *)wr, xt, C); break;
+                default: v = xq ? cr_dot_q8(wr, xq + (uint64_t)t * xqb, C) : cr_dot_q8f(wr, xt, C); break;
+                }
             }
             y[(int64_t)t * R + r] = v + b;
         }
@@ -2274,7 +2284,7 @@ int cr_model_open(const char *path, const char *tokenizer_path, cr_model **out, 
 
 struct cr_session {
     const cr_model *m;
-    int max_pos, n_threads, precise;
+    int max_pos, n_threads, precise, reference;
     /* Activations for up to max_pos positions at once: */
     float *x;        /* [P, d]        residual stream */
     float *h;        /* [P, d]        normalized input of a sub-block */
@@ -2305,6 +2315,8 @@ void cr_session_close(cr_session *s) {
 }
 
 void cr_session_set_precise(cr_session *s, int precise) { s->precise = precise; }
+/* Scalar twins instead of SIMD kernels in matrix products and attention (selftest). */
+static void cr_session_set_reference(cr_session *s, int reference) { s->reference = reference; }
 
 int cr_session_open(const cr_model *m, int max_pos, int n_threads, cr_session **out, cr_err *err) {
     const cr_config *c = &m->cfg;
@@ -2399,7 +2411,7 @@ static void cr_linear(cr_session *s, const cr_mat *w, const float *x, int n, flo
         cr_quantize_rows(s, x, n, w->cols);
         xq = s->xq;
     }
-    cr_matmul(w, x, xq, n, y, bias, s->n_threads);
+    cr_matmul(w, x, xq, n, y, bias, s->n_threads, s->reference);
 }
 
 /* Softmax attention of n new queries (positions pos0..) over all keys up to each query. */
@@ -2426,7 +2438,8 @@ static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_cap
             float mx = -INFINITY;
             for (int j = 0; j < n_keys; j++) {
                 if (j < first || j > last) { sc[j] = -INFINITY; continue; }
-                sc[j] = cr_dot_f32(qh, kc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd, hd) * scale;
+                const float *kj = kc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd;
+                sc[j] = (s->reference ? cr_dot_f32_scalar(qh, kj, hd) : cr_dot_f32(qh, kj, hd)) * scale;
                 if (sc[j] > mx) mx = sc[j];
             }
             double sum = 0;
@@ -2565,7 +2578,10 @@ int cr_forward(cr_session *s, const int32_t *ids, int n, int pos0, const cr_capt
     if (cap && cap->resid_final) memcpy(cap->resid_final, s->x, (size_t)n * (size_t)d * sizeof(float));
     cr_norm(c, s->x, s->h, n, m->out_norm_w, m->out_norm_b, s->scale);
     if (cap && cap->norm_scale) memcpy(cap->norm_scale, s->scale, (size_t)n * sizeof(float));
-    if (cap && cap->logits) cr_linear(s, &m->output, s->h, n, cap->logits, m->b_out);
+    if (cap && cap->logits) {
+        if (cap->logits_last_only) cr_linear(s, &m->output, s->h + (int64_t)(n - 1) * d, 1, cap->logits, m->b_out);
+        else cr_linear(s, &m->output, s->h, n, cap->logits, m->b_out);
+    }
     return CR_OK;
 }
 
@@ -5035,18 +5051,21 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
             const float *z0 = Z0 + (size_t)q * (size_t)V;
             cr_tok_state *st = &ts[q];
             float mx = -INFINITY;
-            for (int t = 0; t < V; t++) mx = fmaxf(mx, z0[t] * st->inv_s + u.b[t]);
-            double se = 0, sez = 0, zv = 0, zp = 0;
-            for (int t = 0; t < V; t++) {
-                float z = z0[t] * st->inv_s + u.b[t] - mx, e = expf(z);
-                se += e, sez += (double)e * z;
-                if (fd) zv += (double)fd->v[t] * z0[t], zp += (double)fd->p[t] * z0[t];
-            }
+            for (int t = 0; t < V; t++) mx = fmaxf(mx, fmaf(z0[t], st->inv_s, u.b[t]));
+            double zv = 0, zp = 0;
+            if (fd)
+                for (int t = 0; t < V; t++) zv += (double)fd->v[t] * z0[t], zp += (double)fd->p[t] * z0[t];
+            /* The clean statistics go through the same kernel as the ablated ones, so that the
+             * exponential's own small error cancels in every difference. */
+            cr_fused_par cp = {0.0f, st->inv_s, st->inv_s, 0.0f, mx, mx, mx, 0};
+            double ca[5] = {0, 0, 0, 0, 0};
+            for (int c0 = 0; c0 < V; c0 += CH) cr_fused_chunk(z0 + c0, z0 + c0, u.b + c0, NULL, c0 + CH < V ? CH : V - c0, &cp, ca);
+            double se = ca[0], sez = ca[1];
             st->lse = mx + log(se), st->h = log(se) - sez / se;
             float za = 0;
             for (int t = 0; t < V; t++) za = fmaxf(za, fabsf(z0[t]));
             st->zmax = mx, st->z0abs = za;
-            st->zy = z0[st->target] * st->inv_s + u.b[st->target];
+            st->zy = (double)z0[st->target] * st->inv_s + u.b[st->target];
             st->zv = zv, st->zp = zp;   /* of z0; scaled per variant below */
             for (int j = 0; j < NS; j++) XW[(size_t)q * NS + j] = cr_dot_f32(X + (size_t)q * d, w + (size_t)j * d, d);
         }
@@ -5081,7 +5100,7 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                             const cr_tok_state *st = &ts[q];
                             double dl = mean_act[sp->neurons[J]] - A[(size_t)q * NS + J];
                             double s2t = (double)st->s * st->s + (2.0 * dl * XW[(size_t)q * NS + J] + dl * dl * w2[J]) / d;
-                            double it = 1.0 / sqrt(s2t), cf = 0;
+                            double it = dl == 0 ? (double)st->inv_s : 1.0 / sqrt(s2t), cf = 0;
                             if (fd) cf = (st->zv * st->inv_s + vb) - ((st->zv + dl * gv[j - ja]) * it + vb);
                             double sh_t = st->zmax + st->z0abs * fabs(it - st->inv_s) + fabs(dl) * gabs[j - ja] * it;
                             double sh_d = st->zmax + fabs(dl) * gabs[j - ja] * st->inv_s;
@@ -7990,6 +8009,252 @@ static int cmd_report(int argc, char **argv) {
     return rc;
 }
 
+/* ---- selftest ---- */
+typedef struct cli_check { int pass, fail; } cli_check;
+static void cli_report_check(cli_check *ck, int ok, const char *what, const char *fmt, ...)
+#if defined(__GNUC__)
+    __attribute__((format(printf, 4, 5)))
+#endif
+    ;
+static void cli_report_check(cli_check *ck, int ok, const char *what, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    printf("%-4s %-34s ", ok ? "ok" : "FAIL", what);
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    if (ok) ck->pass++;
+    else ck->fail++;
+}
+
+static double cli_rel(double a, double b) { return fabs(a - b) / fmax(1e-30, fmax(fabs(a), fabs(b))); }
+
+/* Logits of a fixed sequence through the dispatched kernels and through the scalar twins. */
+static void cli_selftest_forward(cli_check *ck, const cr_model *m, const char *what) {
+    cr_err err;
+    const int n = 48, V = m->cfg.n_vocab;
+    int32_t ids[48];
+    for (int t = 0; t < n; t++) ids[t] = (t * 29 + 3) % V;
+    float *a = cr_malloc((size_t)n * V, 4), *b = cr_malloc((size_t)n * V, 4);
+    cr_session *s = NULL;
+    int ok = a && b && !cr_session_open(m, n, 0, &s, &err);
+    for (int ref = 0; ok && ref < 2; ref++) {
+        cr_session_set_reference(s, ref);
+        cr_capture cap = {0};
+        cap.logits = ref ? b : a;
+        ok = !cr_forward(s, ids, n, 0, &cap, &err);
+    }
+    double worst = 0, scale = 0;
+    for (int64_t i = 0; ok && i < (int64_t)n * V; i++) worst = fmax(worst, fabs((double)a[i] - b[i])), scale = fmax(scale, fabs((double)b[i]));
+    cli_report_check(ck, ok && worst <= 1e-5 * scale, what, "max |SIMD - scalar| %.2e of max |logit| %.3g", worst, scale);
+    cr_session_close(s);
+    free(a), free(b);
+}
+
+static int cmd_selftest(int argc, char **argv) {
+    const char *pos[1];
+    int np;
+    cli_opt opts[] = {{0}};
+    int pr = cli_parse(argc, argv, opts, pos, 0, &np);
+    if (pr == 2) return cli_usage("selftest", "", "Check this build on this machine: every SIMD kernel against its scalar twin, the vectorized exp,\n"
+                                  "Q8_0 quantization, and forward passes and an ablation scan of a small built-in model.", opts), 0;
+    if (pr) return 2;
+    cli_check ck = {0, 0};
+    int threads = cr_threads(0);
+    printf("confreg %s selftest: matrix kernels %s, ablation kernel %s, %d thread%s\n", CONFREG_VERSION, CR_KERNEL_ISA, CR_FUSED_ISA, threads, threads == 1 ? "" : "s");
+    uint64_t st = 12345;
+    enum { NMAX = 4096 };
+    float *x = cr_malloc(NMAX, 4), *w = cr_malloc(NMAX, 4), *back = cr_malloc(NMAX, 4);
+    uint16_t *h = cr_malloc(NMAX, 2), *bf = cr_malloc(NMAX, 2);
+    unsigned char *qx = cr_malloc(NMAX / CR_QK, CR_Q8_BLOCK_BYTES), *qw = cr_malloc(NMAX / CR_QK, CR_Q8_BLOCK_BYTES);
+    if (!x || !w || !back || !h || !bf || !qx || !qw) return cli_error("out of memory");
+    for (int i = 0; i < NMAX; i++) {
+        x[i] = (float)(cr_gauss(&st)), w[i] = (float)(0.1 * cr_gauss(&st));
+        h[i] = cr_f32_to_f16(w[i]);
+        uint32_t bits;
+        memcpy(&bits, &w[i], 4);
+        bf[i] = (uint16_t)(bits >> 16);
+    }
+    cr_quantize_q8_0(x, qx, NMAX), cr_quantize_q8_0(w, qw, NMAX);
+    double worst[5] = {0};
+    for (int n = 1; n <= NMAX; n = n * 3 + 1) {
+        int nq = n / CR_QK * CR_QK;
+        worst[0] = fmax(worst[0], cli_rel(cr_dot_f32(w, x, n), cr_dot_f32_scalar(w, x, n)));
+        worst[1] = fmax(worst[1], cli_rel(cr_dot_f16(h, x, n), cr_dot_f16_scalar(h, x, n)));
+        worst[2] = fmax(worst[2], cli_rel(cr_dot_bf16(bf, x, n), cr_dot_bf16_scalar(bf, x, n)));
+        if (nq) worst[3] = fmax(worst[3], cli_rel(cr_dot_q8(qw, qx, nq), cr_dot_q8_scalar(qw, qx, nq)));
+        if (nq) worst[4] = fmax(worst[4], cli_rel(cr_dot_q8f(qw, x, nq), cr_dot_q8f_scalar(qw, x, nq)));
+    }
+    const char *names[5] = {"dot f32", "dot f16", "dot bf16", "dot q8_0 x q8_0", "dot q8_0 x f32"};
+    for (int k = 0; k < 5; k++) cli_report_check(&ck, worst[k] < 1e-4, names[k], "max relative difference from the scalar twin %.2e", worst[k]);
+    /* Quantization: round to nearest within half a step (plus the fp16 scale's rounding). */
+    cr_dequantize_q8_0(qx, back, NMAX);
+    double qerr = 0;
+    for (int b = 0; b < NMAX / CR_QK; b++) {
+        float amax = 0;
+        for (int i = 0; i < CR_QK; i++) amax = fmaxf(amax, fabsf(x[b * CR_QK + i]));
+        for (int i = 0; i < CR_QK; i++) qerr = fmax(qerr, fabs(back[b * CR_QK + i] - x[b * CR_QK + i]) / (amax / 127.0));
+    }
+    cli_report_check(&ck, qerr <= 0.5 + 0.2, "q8_0 quantize round trip", "max error %.3f quantization steps", qerr);
+    /* The vectorized exp against libm over the range the kernel uses. */
+    double experr = 0;
+    for (int i = 0; i <= 200000; i++) {
+        float v = -87.0f + 87.0f * (float)i / 200000.0f;
+        experr = fmax(experr, cli_rel(cr_exp_poly(v), exp((double)v)));
+    }
+    cli_report_check(&ck, experr < 3e-7, "exp (polynomial)", "max relative error %.2e over [-87, 0]", experr);
+    /* The fused ablation kernel against its scalar twin. */
+    {
+        enum { V = 3001 };
+        float *z0 = cr_malloc(V, 4), *g = cr_malloc(V, 4), *bb = cr_malloc(V, 4), *vv = cr_malloc(V, 4);
+        double a1[5] = {0}, a0[5] = {0}, fw = 0;
+        if (z0 && g && bb && vv) {
+            for (int t = 0; t < V; t++) z0[t] = (float)(3 * cr_gauss(&st)), g[t] = (float)cr_gauss(&st), bb[t] = (float)(0.1 * cr_gauss(&st)), vv[t] = (float)(0.02 * cr_gauss(&st));
+            cr_fused_par p = {0.7f, 0.9f, 1.1f, 0.3f, 20.0f, 22.0f, 21.0f, 1};
+            cr_fused_chunk(z0, g, bb, vv, V, &p, a1);
+            cr_fused_chunk_scalar(z0, g, bb, vv, V, &p, a0);
+            for (int k = 0; k < 5; k++) fw = fmax(fw, cli_rel(a1[k], a0[k]));
+        }
+        cli_report_check(&ck, z0 && fw < 1e-5, "fused ablation kernel", "max relative difference of the 5 sums %.2e", fw);
+        free(z0), free(g), free(bb), free(vv);
+    }
+    free(x), free(w), free(back), free(h), free(bf), free(qx), free(qw);
+    /* A built-in model: forward passes in F32, F16 and Q8_0, SIMD against scalar. */
+    cr_synth_spec sp = {CR_ARCH_GPT2, 2, 64, 4, 256, 257, 64, 7, NULL, 72, 74};
+    cr_model *m = NULL;
+    cr_err err;
+    if (cr_synth(&sp, &m, &err)) return cli_error("%s", err.msg);
+    cli_selftest_forward(&ck, m, "forward F32 (gpt2)");
+    char tmpl[] = "/tmp/confreg-selftest-XXXXXX";
+    int fd = mkstemp(tmpl);
+    if (fd >= 0) close(fd);
+    const int dts[2] = {CR_F16, CR_Q8_0};
+    const char *what[2] = {"forward F16 (gpt2, mmap'ed GGUF)", "forward Q8_0 (gpt2, mmap'ed GGUF)"};
+    for (int k = 0; fd >= 0 && k < 2; k++) {
+        cr_model *q = NULL;
+        if (cr_model_write_gguf(m, tmpl, dts[k], 0, NULL, &err) || cr_model_open(tmpl, NULL, &q, &err)) {
+            cli_report_check(&ck, 0, what[k], "%s", err.msg);
+            continue;
+        }
+        cli_selftest_forward(&ck, q, what[k]);
+        cr_model_close(q);
+    }
+    if (fd >= 0) remove(tmpl);
+    /* The analysis pipeline finds the planted neurons. */
+    {
+        cr_unembed u;
+        cr_freqdir fdr;
+        cr_neuron_row *rows = cr_calloc(256, sizeof *rows);
+        int ok = rows && !cr_unembed_make(m, &u, &err);
+        if (ok) {
+            ok = !cr_freqdir_make(&fdr, m->unigram, &err);
+            if (ok) {
+                /* k = 2: the planted direction and LayerNorm's all-ones direction */
+                ok = !cr_weight_metrics(m, 1, 2, &u, &fdr, rows, NULL, 0, &err);
+                cr_freqdir_free(&fdr);
+            }
+            cr_unembed_free(&u);
+        }
+        int best = 0;
+        for (int i = 1; ok && i < 256; i++) if (rows[i].rho > rows[best].rho) best = i;
+        cli_report_check(&ck, ok && best == 72 && rows[72].rho > 0.99, "planted entropy neuron found", "rank-1 by rho: 1.%d (rho %.4f)", best, ok ? rows[best].rho : 0.0);
+        free(rows);
+    }
+    cr_model_close(m);
+    printf("%d passed, %d failed\n", ck.pass, ck.fail);
+    return ck.fail ? 1 : 0;
+}
+
+/* ---- speed ---- */
+static int cli_cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static int cmd_speed(int argc, char **argv) {
+    const char *ps = NULL, *ns = NULL, *thr = NULL, *reps = NULL, *mvs = NULL, *json = NULL, *precise = NULL, *pos[1];
+    int np;
+    cli_opt opts[] = {{"-p", 1, &ps, "prompt tokens per run (default 512, at most the context)"}, {"-n", 1, &ns, "tokens decoded one at a time (default 128)"},
+                      {"--threads", 1, &thr, "threads"}, {"--reps", 1, &reps, "repetitions; the median is reported (default 3)"},
+                      {"--matvec-mib", 1, &mvs, "instead: Q8_0 matrix-vector bandwidth on a random matrix of this many MiB"},
+                      {"--precise", 0, &precise, "float activations for Q8_0"}, {"--json", 0, &json, "JSON output"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 1, &np);
+    if (pr == 2) return cli_usage("speed", "[MODEL] [-p 512] [-n 128] | --matvec-mib N", "Forward-pass speed: prompt processing (p tokens at once, logits of the last) and\n"
+                                  "decoding (one token at a time with the key/value cache), median of --reps runs.", opts), 0;
+    if (pr) return 2;
+    long p = 512, n = 128, threads = 0, r = 3, mv = 0;
+    if ((ps && !cli_int(ps, "-p", 1, CR_MAX_CTX, &p)) || (ns && !cli_int(ns, "-n", 0, CR_MAX_CTX, &n)) || (thr && !cli_int(thr, "--threads", 1, 1024, &threads)) ||
+        (reps && !cli_int(reps, "--reps", 1, 1000, &r)) || (mvs && !cli_int(mvs, "--matvec-mib", 1, 1 << 20, &mv)))
+        return 2;
+    int nt = cr_threads((int)threads);
+    if (mv) {
+        /* A random Q8_0 matrix bigger than the caches, 4096 columns wide. */
+        const int64_t cols = 4096, rb = cols / CR_QK * CR_Q8_BLOCK_BYTES, rows = (int64_t)mv * 1048576 / rb;
+        unsigned char *W = cr_malloc((size_t)rows, (size_t)rb), *xq = cr_malloc(1, (size_t)rb);
+        float *xf = cr_malloc((size_t)cols, 4), *y = cr_malloc((size_t)rows, 4);
+        if (!W || !xq || !xf || !y) return cli_error("out of memory for a %ld MiB matrix", mv);
+        uint64_t st = 1;
+        for (int64_t i = 0; i < rows * rb; i++) W[i] = (unsigned char)cr_rng_next(&st);
+        for (int64_t b = 0; b < rows * (cols / CR_QK); b++) { uint16_t hs = cr_f32_to_f16(0.01f); W[b * CR_Q8_BLOCK_BYTES] = (unsigned char)hs, W[b * CR_Q8_BLOCK_BYTES + 1] = (unsigned char)(hs >> 8); }
+        for (int64_t i = 0; i < cols; i++) xf[i] = (float)cr_gauss(&st);
+        cr_quantize_q8_0(xf, xq, cols);
+        cr_mat w = {CR_Q8_0, rows, cols, W, 0};
+        double *t = cr_malloc((size_t)r, 8);
+        cr_matmul(&w, xf, xq, 1, y, NULL, nt, 0); /* warm-up: pages in, caches settled */
+        for (long k = 0; k < r; k++) {
+            double t0 = cr_now();
+            cr_matmul(&w, xf, xq, 1, y, NULL, nt, 0);
+            t[k] = cr_now() - t0;
+        }
+        qsort(t, (size_t)r, 8, cli_cmp_double);
+        double gbs = (double)(rows * rb) / t[r / 2] / 1e9;
+        if (json) printf("{\"matvec_mib\": %ld, \"threads\": %d, \"seconds\": %.6f, \"gb_per_s\": %.3f, \"gb_per_s_per_thread\": %.3f}\n", mv, nt, t[r / 2], gbs, gbs / nt);
+        else printf("Q8_0 matrix-vector, %ld MiB of weights, %d thread%s: %.2f GB/s (%.2f GB/s per thread), median of %ld\n", mv, nt, nt == 1 ? "" : "s", gbs, gbs / nt, r);
+        free(W), free(xq), free(xf), free(y), free(t);
+        return 0;
+    }
+    cr_model *m = cli_open_model(np ? pos[0] : CR_DEFAULT_MODEL, NULL);
+    if (!m) return 1;
+    const cr_config *c = cr_model_config(m);
+    if (p + n > c->n_ctx) { cr_model_close(m); return cli_error("-p %ld + -n %ld exceeds the context of %d", p, n, c->n_ctx), 2; }
+    cr_session *s;
+    cr_err err;
+    if (cr_session_open(m, (int)(p + n), (int)threads, &s, &err)) { cr_model_close(m); return cli_error("%s", err.msg); }
+    cr_session_set_precise(s, precise != NULL);
+    int32_t *ids = cr_malloc((size_t)(p + n), sizeof *ids);
+    float *lg = cr_malloc((size_t)c->n_vocab, 4);
+    double *tp = cr_malloc((size_t)r, 8), *tg = cr_malloc((size_t)r, 8);
+    int rc = 0;
+    uint64_t st = 7;
+    for (long i = 0; ids && i < p + n; i++) ids[i] = (int32_t)(cr_rng_next(&st) % (uint64_t)m->tok_embd.rows);
+    if (!ids || !lg || !tp || !tg) rc = cli_error("out of memory");
+    cr_capture cap = {0};
+    cap.logits = lg, cap.logits_last_only = 1;
+    for (long k = -1; !rc && k < r; k++) { /* k = -1 warms up */
+        double t0 = cr_now();
+        if (cr_forward(s, ids, (int)p, 0, &cap, &err)) { rc = cli_error("%s", err.msg); break; }
+        double t1 = cr_now();
+        for (long i = 0; i < n && !rc; i++)
+            if (cr_forward(s, ids + p + i, 1, (int)(p + i), &cap, &err)) rc = cli_error("%s", err.msg);
+        if (k >= 0) tp[k] = t1 - t0, tg[k] = cr_now() - t1;
+    }
+    if (!rc) {
+        qsort(tp, (size_t)r, 8, cli_cmp_double);
+        qsort(tg, (size_t)r, 8, cli_cmp_double);
+        char dt[128];
+        cli_dtype_summary(m, dt, sizeof dt);
+        double pps = (double)p / tp[r / 2], tgs = n ? (double)n / tg[r / 2] : 0;
+        if (json) printf("{\"model\": \"%s\", \"dtypes\": \"%s\", \"threads\": %d, \"p\": %ld, \"n\": %ld, \"pp_tokens_per_s\": %.2f, \"tg_tokens_per_s\": %.2f}\n",
+                         np ? pos[0] : CR_DEFAULT_MODEL, dt, nt, p, n, pps, tgs);
+        else printf("%s (%s), %d thread%s: prompt %ld tokens %.1f tokens/s, decode %ld tokens %.1f tokens/s (median of %ld)\n", np ? pos[0] : CR_DEFAULT_MODEL, dt, nt,
+                    nt == 1 ? "" : "s", p, pps, n, tgs, r);
+    }
+    free(ids), free(lg), free(tp), free(tg);
+    cr_session_close(s);
+    cr_model_close(m);
+    return rc;
+}
+
 static const cli_cmd cli_cmds[] = {
     {"info", "[MODEL]", "architecture, dimensions, dtypes, memory", cmd_info},
     {"tokenize", "MODEL [FILE] [--text STR]", "token ids of a text", cmd_tokenize},
@@ -8004,6 +8269,8 @@ static const cli_cmd cli_cmds[] = {
     {"induction", "[MODEL [TEXT...]]", "induction case study: copies, clip ablation, heads", cmd_induction},
     {"report", "[MODEL [TEXT...]] -o DIR", "everything: CSV, JSON, SVG plots, index.html", cmd_report},
     {"synth", "-o OUT.gguf", "a model with planted entropy and frequency neurons", cmd_synth},
+    {"selftest", "", "check the kernels of this build on this machine", cmd_selftest},
+    {"speed", "[MODEL] [-p 512] [-n 128]", "forward-pass and matrix-vector speed", cmd_speed},
     {NULL, NULL, NULL, NULL}};
 
 static void cli_main_usage(void) {

@@ -137,6 +137,7 @@ typedef struct cr_capture {
     /* Called after a layer's attention softmax: probs [n_heads, n, n_keys] may be edited. */
     void (*attn_edit)(void *user, int layer, int pos0, int n, int n_keys, int n_heads, float *probs);
     void *user;
+    int logits_last_only;     /* 1: logits is [1, n_vocab], for the last position only */
 } cr_capture;
 
 /* A session holds the scratch buffers and key/value cache for sequences of up to max_pos
