@@ -13,7 +13,7 @@ endif
 ALLFLAGS = $(WARN) $(CFLAGS) $(ARCHFLAGS) $(OPENMP)
 SAN      = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: all test check clean install data bench bench-quick
+.PHONY: all test check clean install data bench bench-quick test-arm
 
 all: confreg
 
@@ -42,7 +42,7 @@ install: confreg
 	install -m 644 confreg.h $(DESTDIR)$(PREFIX)/include/confreg.h
 
 clean:
-	rm -f confreg confreg-san tests/test_confreg tests/test_confreg-san
+	rm -f confreg confreg-san confreg-a76 confreg-a72 tests/test_confreg tests/test_confreg-san tests/test_confreg-a76 tests/test_confreg-a72
 
 # Benchmarks (figures, not tests): `make bench LLAMA_BENCH=/path/to/llama-bench` adds llama.cpp.
 LLAMA_BENCH ?=
@@ -51,3 +51,15 @@ bench: confreg
 
 bench-quick: confreg
 	bench/bench.sh --quick --shared $(SHARED) $(if $(LLAMA_BENCH),--llama-bench $(LLAMA_BENCH))
+
+# The suite on aarch64 under qemu-user, twice: Pi 5 (Cortex-A76, dotprod) and Pi 4 (Cortex-A72,
+# no dotprod), so both NEON paths of every kernel run on every change.
+ARM_CC ?= aarch64-linux-gnu-gcc
+ARM_FLAGS = -std=c11 -O2 -Wall -Wextra -Wno-unknown-pragmas -fopenmp
+test-arm:
+	$(ARM_CC) $(ARM_FLAGS) -mcpu=cortex-a76 -o confreg-a76 confreg.c -lm
+	$(ARM_CC) $(ARM_FLAGS) -fno-tree-vectorize -Wno-unused-function -Wno-format-truncation -mcpu=cortex-a76 -o tests/test_confreg-a76 tests/test_confreg.c -lm
+	QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 -cpu cortex-a76 tests/test_confreg-a76 "qemu-aarch64 -cpu cortex-a76 ./confreg-a76" $(SHARED)
+	$(ARM_CC) $(ARM_FLAGS) -mcpu=cortex-a72 -o confreg-a72 confreg.c -lm
+	$(ARM_CC) $(ARM_FLAGS) -fno-tree-vectorize -Wno-unused-function -Wno-format-truncation -mcpu=cortex-a72 -o tests/test_confreg-a72 tests/test_confreg.c -lm
+	QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 -cpu cortex-a72 tests/test_confreg-a72 "qemu-aarch64 -cpu cortex-a72 ./confreg-a72" $(SHARED)

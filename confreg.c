@@ -8093,7 +8093,11 @@ static int cmd_selftest(int argc, char **argv) {
     for (int b = 0; b < NMAX / CR_QK; b++) {
         float amax = 0;
         for (int i = 0; i < CR_QK; i++) amax = fmaxf(amax, fabsf(x[b * CR_QK + i]));
-        for (int i = 0; i < CR_QK; i++) qerr = fmax(qerr, fabs(back[b * CR_QK + i] - x[b * CR_QK + i]) / (amax / 127.0));
+        /* (an explicit comparison: gcc 12 for aarch64 crashes vectorizing this as an fmax reduction) */
+        for (int i = 0; i < CR_QK; i++) {
+            double e = fabs(back[b * CR_QK + i] - x[b * CR_QK + i]) / (amax / 127.0);
+            if (e > qerr) qerr = e;
+        }
     }
     cli_report_check(&ck, qerr <= 0.5 + 0.2, "q8_0 quantize round trip", "max error %.3f quantization steps", qerr);
     /* The vectorized exp against libm over the range the kernel uses. */
