@@ -1297,6 +1297,10 @@ CR_UNUSED static float cr_dot_q8_scalar(const unsigned char *w, const unsigned c
     return s;
 }
 
+CR_UNUSED static void cr_dot_q8_x4_scalar(const unsigned char *w, size_t stride, const unsigned char *x, int64_t n, float *out) {
+    for (int k = 0; k < 4; k++) out[k] = cr_dot_q8_scalar(w + (size_t)k * stride, x, n);
+}
+
 /* Q8_0 weights against float activations (precise mode). */
 CR_UNUSED static float cr_dot_q8f_scalar(const unsigned char *w, const float *x, int64_t n) {
     float s = 0;
@@ -1350,20 +1354,41 @@ static float cr_dot_bf16(const uint16_t *w, const float *x, int64_t n) {
     for (; i < n; i++) s += cr_bf16_to_f32(w[i]) * x[i];
     return s;
 }
-/* maddubs multiplies unsigned by signed bytes, so take |w| and move w's sign onto x. */
+/* Sum of 32 int8 products per 32-bit lane group.  maddubs (and VNNI's dpbusd) multiply
+ * unsigned by signed bytes, so take |w| and move w's sign onto x. */
+static inline __m256i cr_i8dot(__m256i qw, __m256i qx) {
+    __m256i aw = _mm256_sign_epi8(qw, qw), sx = _mm256_sign_epi8(qx, qw);
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+    return _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
+#else
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(aw, sx), _mm256_set1_epi16(1));
+#endif
+}
 static float cr_dot_q8(const unsigned char *w, const unsigned char *x, int64_t n) {
     __m256 acc = _mm256_setzero_ps();
-    const __m256i ones = _mm256_set1_epi16(1);
     for (int64_t b = 0; b < n / CR_QK; b++) {
         const unsigned char *wb = w + b * CR_Q8_BLOCK_BYTES, *xb = x + b * CR_Q8_BLOCK_BYTES;
-        __m256i qw = _mm256_loadu_si256((const __m256i *)(wb + 2)), qx = _mm256_loadu_si256((const __m256i *)(xb + 2));
-        __m256i aw = _mm256_sign_epi8(qw, qw), sx = _mm256_sign_epi8(qx, qw);
-        __m256i p16 = _mm256_maddubs_epi16(aw, sx);
-        __m256i p32 = _mm256_madd_epi16(p16, ones);
+        __m256i p32 = cr_i8dot(_mm256_loadu_si256((const __m256i *)(wb + 2)), _mm256_loadu_si256((const __m256i *)(xb + 2)));
         float d = cr_f16_fast(cr_rd16(wb)) * cr_f16_fast(cr_rd16(xb));
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p32), acc);
     }
     return cr_hsum256(acc);
+}
+/* Four weight rows (stride bytes apart) against one activation row: each activation block
+ * is loaded once for four rows. */
+static void cr_dot_q8_x4(const unsigned char *w, size_t stride, const unsigned char *x, int64_t n, float *out) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    for (int64_t b = 0; b < n / CR_QK; b++) {
+        const unsigned char *xb = x + b * CR_Q8_BLOCK_BYTES, *wb = w + b * CR_Q8_BLOCK_BYTES;
+        const __m256i qx = _mm256_loadu_si256((const __m256i *)(xb + 2));
+        const float dx = cr_f16_fast(cr_rd16(xb));
+#define CR_ROW(k, acc) do { const unsigned char *wr = wb + (k) * stride; \
+            __m256i p = cr_i8dot(_mm256_loadu_si256((const __m256i *)(wr + 2)), qx); \
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * cr_f16_fast(cr_rd16(wr))), _mm256_cvtepi32_ps(p), acc); } while (0)
+        CR_ROW(0, a0); CR_ROW(1, a1); CR_ROW(2, a2); CR_ROW(3, a3);
+#undef CR_ROW
+    }
+    out[0] = cr_hsum256(a0), out[1] = cr_hsum256(a1), out[2] = cr_hsum256(a2), out[3] = cr_hsum256(a3);
 }
 static float cr_dot_q8f(const unsigned char *w, const float *x, int64_t n) {
     __m256 acc = _mm256_setzero_ps();
@@ -1378,7 +1403,11 @@ static float cr_dot_q8f(const unsigned char *w, const float *x, int64_t n) {
     }
     return cr_hsum256(acc);
 }
+#if defined(__AVX512VNNI__) && defined(__AVX512VL__)
+#define CR_KERNEL_ISA "avx2+vnni"
+#else
 #define CR_KERNEL_ISA "avx2"
+#endif
 #elif defined(CR_NEON)
 static float cr_dot_f32(const float *a, const float *b, int64_t n) {
     float32x4_t s0 = vdupq_n_f32(0), s1 = vdupq_n_f32(0);
@@ -1430,6 +1459,9 @@ static float cr_dot_q8(const unsigned char *w, const unsigned char *x, int64_t n
     return vaddvq_f32(acc);
 }
 static float cr_dot_q8f(const unsigned char *w, const float *x, int64_t n) { return cr_dot_q8f_scalar(w, x, n); }
+static void cr_dot_q8_x4(const unsigned char *w, size_t stride, const unsigned char *x, int64_t n, float *out) {
+    for (int k = 0; k < 4; k++) out[k] = cr_dot_q8(w + (size_t)k * stride, x, n);
+}
 #if defined(__ARM_FEATURE_DOTPROD)
 #define CR_KERNEL_ISA "neon+dotprod"
 #else
@@ -1440,6 +1472,7 @@ static float cr_dot_q8f(const unsigned char *w, const float *x, int64_t n) { ret
 #define cr_dot_f16 cr_dot_f16_scalar
 #define cr_dot_bf16 cr_dot_bf16_scalar
 #define cr_dot_q8 cr_dot_q8_scalar
+#define cr_dot_q8_x4 cr_dot_q8_x4_scalar
 #define cr_dot_q8f cr_dot_q8f_scalar
 #define CR_KERNEL_ISA "scalar"
 #endif
@@ -1649,6 +1682,22 @@ static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, 
     }
     const uint64_t rb = cr_row_bytes(w->dtype, (uint64_t)C);
     const uint64_t xqb = cr_row_bytes(CR_Q8_0, (uint64_t)C);
+    if (w->dtype == CR_Q8_0 && xq && !reference) {
+        /* Groups of four rows share every activation block they read. */
+        const int64_t R4 = R / 4 * 4;
+#pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(static) if (R * C * n >= CR_PAR_MIN)
+        for (int64_t r = 0; r < R4; r += 4) {
+            const unsigned char *wr = w->data + (uint64_t)r * rb;
+            for (int t = 0; t < n; t++) {
+                float v[4];
+                cr_dot_q8_x4(wr, (size_t)rb, xq + (uint64_t)t * xqb, C, v);
+                for (int k = 0; k < 4; k++) y[(int64_t)t * R + r + k] = v[k] + (bias ? bias[r + k] : 0.0f);
+            }
+        }
+        for (int64_t r = R4; r < R; r++)
+            for (int t = 0; t < n; t++) y[(int64_t)t * R + r] = cr_dot_q8(w->data + (uint64_t)r * rb, xq + (uint64_t)t * xqb, C) + (bias ? bias[r] : 0.0f);
+        return;
+    }
 #pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(static) if (R * C * n >= CR_PAR_MIN)
     for (int64_t r = 0; r < R; r++) {
         const unsigned char *wr = w->data + (uint64_t)r * rb;
@@ -8085,6 +8134,16 @@ static int cmd_selftest(int argc, char **argv) {
         if (nq) worst[3] = fmax(worst[3], cli_rel(cr_dot_q8(qw, qx, nq), cr_dot_q8_scalar(qw, qx, nq)));
         if (nq) worst[4] = fmax(worst[4], cli_rel(cr_dot_q8f(qw, x, nq), cr_dot_q8f_scalar(qw, x, nq)));
     }
+    /* The four-row Q8_0 kernel, rows taken from the weight buffer at a block stride. */
+    double worst4 = 0;
+    for (int n = CR_QK; n <= NMAX / 4; n += 3 * CR_QK) {
+        float v4[4], v0[4];
+        size_t stride = (size_t)(n / CR_QK) * CR_Q8_BLOCK_BYTES;
+        cr_dot_q8_x4(qw, stride, qx, n, v4);
+        cr_dot_q8_x4_scalar(qw, stride, qx, n, v0);
+        for (int k = 0; k < 4; k++) worst4 = fmax(worst4, cli_rel(v4[k], v0[k]));
+    }
+    cli_report_check(&ck, worst4 < 1e-4, "dot q8_0 x q8_0, four rows", "max relative difference from the scalar twin %.2e", worst4);
     const char *names[5] = {"dot f32", "dot f16", "dot bf16", "dot q8_0 x q8_0", "dot q8_0 x f32"};
     for (int k = 0; k < 5; k++) cli_report_check(&ck, worst[k] < 1e-4, names[k], "max relative difference from the scalar twin %.2e", worst[k]);
     /* Quantization: round to nearest within half a step (plus the fp16 scale's rounding). */
