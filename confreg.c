@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -5481,16 +5482,23 @@ static int cr_synth(const cr_synth_spec *sp, cr_model **out, cr_err *err) {
         cr_layer *Ly = &m->layers[l];
         Ly->attn_norm_w = cr_synth_const(m, (size_t)d, 1.0f), Ly->ffn_norm_w = cr_synth_const(m, (size_t)d, 1.0f);
         if (gpt2) Ly->attn_norm_b = cr_synth_const(m, (size_t)d, 0.0f), Ly->ffn_norm_b = cr_synth_const(m, (size_t)d, 0.0f);
-        Ly->wq = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, se, &st), d, d);
-        Ly->wk = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, se, &st), d, d);
-        Ly->wv = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, se, &st), d, d);
+        if (gpt2) { /* GPT-2 keeps q, k and v in one [3d, d] matrix, as llama.cpp expects */
+            Ly->wqkv = cr_synth_mat(cr_synth_gauss(m, (size_t)3 * d * d, se, &st), 3 * d, d);
+            Ly->bqkv = cr_synth_const(m, (size_t)3 * d, 0.0f);
+            Ly->wq = Ly->wk = Ly->wv = Ly->wqkv; /* only for the allocation check below */
+        } else {
+            Ly->wq = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, se, &st), d, d);
+            Ly->wk = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, se, &st), d, d);
+            Ly->wv = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, se, &st), d, d);
+        }
         Ly->wo = cr_synth_mat(cr_synth_gauss(m, (size_t)d * d, 0.5 / sqrt((double)d * L), &st), d, d);
         float *win = cr_synth_gauss(m, (size_t)f * d, se, &st), *wdown = cr_synth_gauss(m, (size_t)d * f, s_out, &st);
         Ly->w_up = cr_synth_mat(win, f, d);
         if (!gpt2) Ly->w_gate = cr_synth_mat(cr_synth_gauss(m, (size_t)f * d, se, &st), f, d);
         Ly->w_down = cr_synth_mat(wdown, d, f);
-        if (gpt2) Ly->b_up = cr_synth_const(m, (size_t)f, 0.0f), Ly->b_down = cr_synth_const(m, (size_t)d, 0.0f);
+        if (gpt2) Ly->b_up = cr_synth_const(m, (size_t)f, 0.0f), Ly->b_down = cr_synth_const(m, (size_t)d, 0.0f), Ly->bo = cr_synth_const(m, (size_t)d, 0.0f);
         if (!win || !wdown || !Ly->wq.data || !Ly->wk.data || !Ly->wv.data || !Ly->wo.data || (!gpt2 && !Ly->w_gate.data)) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+        if (gpt2) memset(&Ly->wq, 0, sizeof Ly->wq), memset(&Ly->wk, 0, sizeof Ly->wk), memset(&Ly->wv, 0, sizeof Ly->wv);
         if (l != L - 1) continue;
         /* Planting: large output vectors, inputs strong enough that the activations vary. */
         double typical = s_out * sqrt((double)d);
@@ -6616,6 +6624,13 @@ static int cmd_tokenize(int argc, char **argv) {
     return rc;
 }
 
+/* Peak resident set size of this process (Linux reports KiB). */
+static double cli_peak_rss_mib(void) {
+    struct rusage ru;
+    if (getrusage(RUSAGE_SELF, &ru) != 0) return 0;
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
 /* ---- eval ---- */
 static int cmd_eval(int argc, char **argv) {
     const char *tokp = NULL, *ctxs = NULL, *rowss = NULL, *thr = NULL, *json = NULL, *precise = NULL, *pos[64];
@@ -6663,9 +6678,9 @@ static int cmd_eval(int argc, char **argv) {
         cli_dtype_summary(m, dt, sizeof dt);
         if (json)
             printf("{\"model\": \"%s\", \"dtypes\": \"%s\", \"rows\": %d, \"ctx\": %ld, \"tokens\": %lld, \"mean_loss\": %.6f, "
-                   "\"perplexity\": %.4f, \"mean_entropy\": %.6f, \"seconds\": %.3f, \"tokens_per_s\": %.1f}\n",
+                   "\"perplexity\": %.4f, \"mean_entropy\": %.6f, \"seconds\": %.3f, \"tokens_per_s\": %.1f, \"peak_rss_mib\": %.1f}\n",
                    model_path, dt, res.n_rows, ctx, (long long)res.n_predicted, res.mean_loss, res.perplexity, res.mean_entropy,
-                   res.seconds, res.tokens_per_s);
+                   res.seconds, res.tokens_per_s, cli_peak_rss_mib());
         else {
             printf("%-14s %s (%s)\n", "model", model_path, dt);
             printf("%-14s %d rows of up to %ld tokens (BOS + %ld), %lld predictions\n", "data", res.n_rows, ctx, ctx - 1, (long long)res.n_predicted);
@@ -6673,6 +6688,7 @@ static int cmd_eval(int argc, char **argv) {
             printf("%-14s %.3f\n", "perplexity", res.perplexity);
             printf("%-14s %.4f nats\n", "mean entropy", res.mean_entropy);
             printf("%-14s %.1f tokens/s (%.2f s)\n", "speed", res.tokens_per_s, res.seconds);
+            printf("%-14s %.1f MiB peak resident\n", "memory", cli_peak_rss_mib());
         }
     }
     cr_rows_free(&rows);

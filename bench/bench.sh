@@ -89,10 +89,10 @@ fi
 
 log "peak memory of eval"
 for dt in q8_0 f16; do
-    rss=$( { /usr/bin/time -f "%M" $C eval "$WORK/gpt2s-$dt.gguf" $TEXT --rows 2 >/dev/null 2>/dev/null; } 2>&1 | tail -1 || echo 0)
+    rss=$($C eval "$WORK/gpt2s-$dt.gguf" $TEXT --rows 2 --json | field peak_rss_mib)
     size=$(stat -c %s "$WORK/gpt2s-$dt.gguf")
-    limit=$(awk -v s="$size" 'BEGIN { printf "%.0f", (1.2 * s + 64 * 1048576) / 1024 }')
-    row "eval peak RSS, GPT-2 small ${dt^^} ($((size / 1048576)) MiB file)" "$((rss / 1024)) MiB" "" "target <= $((limit / 1024)) MiB"
+    limit=$(awk -v s="$size" 'BEGIN { printf "%.0f", (1.2 * s + 64 * 1048576) / 1048576 }')
+    row "eval peak RSS, GPT-2 small ${dt^^} ($((size / 1048576)) MiB file)" "$rss MiB" "" "target <= $limit MiB"
 done
 
 echo "| measurement | confreg | llama.cpp | ratio / note |"
