@@ -13,7 +13,7 @@ endif
 ALLFLAGS = $(WARN) $(CFLAGS) $(ARCHFLAGS) $(OPENMP)
 SAN      = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: all test check clean install data bench bench-quick test-arm
+.PHONY: all test check clean install data bench bench-quick test-arm fuzz
 
 all: confreg
 
@@ -63,3 +63,19 @@ test-arm:
 	$(ARM_CC) $(ARM_FLAGS) -mcpu=cortex-a72 -o confreg-a72 confreg.c -lm
 	$(ARM_CC) $(ARM_FLAGS) -fno-tree-vectorize -Wno-unused-function -Wno-format-truncation -mcpu=cortex-a72 -o tests/test_confreg-a72 tests/test_confreg.c -lm
 	QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 -cpu cortex-a72 tests/test_confreg-a72 "qemu-aarch64 -cpu cortex-a72 ./confreg-a72" $(SHARED)
+
+# Coverage-guided fuzzing of every parser (clang's libFuzzer + ASan + UBSan).  Each target
+# starts from tests/fuzz/seeds/<target> and runs FUZZ_SECONDS; crashes land in
+# fuzz-out/<target>/ and belong in tests/fuzz/regressions/<target>/ once fixed.
+FUZZ_TARGETS = safetensors config gguf llama2c tokjson gpt2vocab tokbin unigram json encode
+FUZZ_SECONDS ?= 60
+CLANG ?= clang
+fuzz: $(FUZZ_TARGETS:%=fuzz-%)
+fuzz-%: confreg.c confreg.h tests/fuzz/fuzz.c
+	@mkdir -p fuzz-out/$* fuzz-out/$*-corpus
+	$(CLANG) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DFUZZ_$(shell echo $* | tr a-z A-Z) -o fuzz-out/fuzz-$* tests/fuzz/fuzz.c -lm
+	@if [ -d tests/fuzz/regressions/$* ]; then ./fuzz-out/fuzz-$* -runs=0 tests/fuzz/regressions/$*; fi
+	@./fuzz-out/fuzz-$* -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
+	    -artifact_prefix=fuzz-out/$*/ -print_final_stats=1 fuzz-out/$*-corpus tests/fuzz/seeds/$* > fuzz-out/$*.log 2>&1; \
+	    status=$$?; grep -E "ERROR|SUMMARY|number_of_executed_units|Test unit written" fuzz-out/$*.log; \
+	    echo "fuzz-$*: exit $$status"; exit $$status

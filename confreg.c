@@ -1242,6 +1242,7 @@ static void cr_quantize_q8_0(const float *x, unsigned char *out, int64_t n) {
         for (int i = 0; i < CR_QK; i++) {
             float v = roundf(xb[i] * id);
             v = v > 127 ? 127 : v < -127 ? -127 : v;
+            if (v != v) v = 0; /* NaN (from NaN or infinite input) has no int8 value */
             ob[2 + i] = (unsigned char)(int8_t)v;
         }
     }
