@@ -69,13 +69,14 @@ test-arm:
 # fuzz-out/<target>/ and belong in tests/fuzz/regressions/<target>/ once fixed.
 FUZZ_TARGETS = safetensors config gguf llama2c tokjson gpt2vocab tokbin unigram json encode
 FUZZ_SECONDS ?= 60
+FUZZ_SEED ?= 1
 CLANG ?= clang
 fuzz: $(FUZZ_TARGETS:%=fuzz-%)
 fuzz-%: confreg.c confreg.h tests/fuzz/fuzz.c
 	@mkdir -p fuzz-out/$* fuzz-out/$*-corpus
 	$(CLANG) -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -DFUZZ_$(shell echo $* | tr a-z A-Z) -o fuzz-out/fuzz-$* tests/fuzz/fuzz.c -lm
 	@if [ -d tests/fuzz/regressions/$* ]; then ./fuzz-out/fuzz-$* -runs=0 tests/fuzz/regressions/$*; fi
-	@./fuzz-out/fuzz-$* -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
+	@./fuzz-out/fuzz-$* -seed=$(FUZZ_SEED) -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -rss_limit_mb=2048 -timeout=10 \
 	    -artifact_prefix=fuzz-out/$*/ -print_final_stats=1 fuzz-out/$*-corpus tests/fuzz/seeds/$* > fuzz-out/$*.log 2>&1; \
 	    status=$$?; grep -E "ERROR|SUMMARY|number_of_executed_units|Test unit written" fuzz-out/$*.log; \
 	    echo "fuzz-$*: exit $$status"; exit $$status

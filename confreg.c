@@ -306,6 +306,12 @@ static float cr_bf16_to_f32(uint16_t h) {
     return f;
 }
 
+/* A double from a file as a float: out-of-range values saturate instead of being undefined. */
+static float cr_to_float(double v) {
+    if (v != v) return NAN;
+    return v > FLT_MAX ? INFINITY : v < -FLT_MAX ? -INFINITY : (float)v;
+}
+
 static uint16_t cr_rd16(const unsigned char *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
 static uint32_t cr_rd32(const unsigned char *p) {
     return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
@@ -1975,7 +1981,7 @@ static int cr_config_from_hf(cr_config *c, const char *path, const char *text, s
     if (js_get_num(&doc, root, "bos_token_id", &v) && v >= 0 && v < c->n_vocab) c->bos_id = (int32_t)v;
     if (js_get_num(&doc, root, "eos_token_id", &v) && v >= 0 && v < c->n_vocab) c->eos_id = (int32_t)v;
     c->rope_theta = 10000.0f;
-    if (js_get_num(&doc, root, "rope_theta", &v) || js_get_num(&doc, rp, "rope_theta", &v) || js_get_num(&doc, root, "rotary_emb_base", &v)) c->rope_theta = (float)v;
+    if (js_get_num(&doc, root, "rope_theta", &v) || js_get_num(&doc, rp, "rope_theta", &v) || js_get_num(&doc, root, "rotary_emb_base", &v)) c->rope_theta = cr_to_float(v);
     const char *rtype = js_str(&doc, js_get(&doc, rp, "rope_type"));
     if (!rtype) rtype = js_str(&doc, js_get(&doc, rp, "type"));
     if (rtype && strcmp(rtype, "default") != 0) { rc = cr_fail(err, CR_EUNSUPPORTED, "%s: rope scaling type \"%s\" is not supported", path, rtype); goto done; }
@@ -1987,19 +1993,19 @@ static int cr_config_from_hf(cr_config *c, const char *path, const char *text, s
     case CR_ARCH_GPT2: {
         c->d_mlp = 4 * c->d_model;
         if (cr_cfg_int(&doc, root, "n_inner", &c->d_mlp, 1, CR_MAX_DIM, path, err) < 0) { rc = CR_EFORMAT; goto done; }
-        c->norm_eps = js_get_num(&doc, root, "layer_norm_epsilon", &v) ? (float)v : 1e-5f;
+        c->norm_eps = js_get_num(&doc, root, "layer_norm_epsilon", &v) ? cr_to_float(v) : 1e-5f;
         c->act = act && !strcmp(act, "gelu") ? 0 : 1;
         break;
     }
     case CR_ARCH_GPT_NEOX:
-        c->norm_eps = js_get_num(&doc, root, "layer_norm_eps", &v) ? (float)v : 1e-5f;
+        c->norm_eps = js_get_num(&doc, root, "layer_norm_eps", &v) ? cr_to_float(v) : 1e-5f;
         c->parallel_block = js_get_bool(&doc, root, "use_parallel_residual", 1);
         c->rotary_dims = (int)(c->head_dim * partial);
         c->act = act && strcmp(act, "gelu") ? 1 : 0;
         break;
     case CR_ARCH_PHI:
         if (js_get_bool(&doc, root, "qk_layernorm", 0)) { rc = cr_fail(err, CR_EUNSUPPORTED, "%s: phi with qk_layernorm is not supported", path); goto done; }
-        c->norm_eps = js_get_num(&doc, root, "layer_norm_eps", &v) ? (float)v : 1e-5f;
+        c->norm_eps = js_get_num(&doc, root, "layer_norm_eps", &v) ? cr_to_float(v) : 1e-5f;
         c->parallel_block = 1;
         c->rotary_dims = (int)(c->head_dim * partial);
         c->act = act && !strcmp(act, "gelu") ? 0 : 1;
@@ -2007,7 +2013,7 @@ static int cr_config_from_hf(cr_config *c, const char *path, const char *text, s
     default: /* llama family and gemma */
         c->rms_norm = 1;
         c->gated_mlp = 1;
-        c->norm_eps = js_get_num(&doc, root, "rms_norm_eps", &v) ? (float)v : 1e-6f;
+        c->norm_eps = js_get_num(&doc, root, "rms_norm_eps", &v) ? cr_to_float(v) : 1e-6f;
         c->rotary_dims = c->head_dim;
         c->act = c->arch == CR_ARCH_GEMMA ? 1 : 2;
         if (act && (!strcmp(act, "gelu_pytorch_tanh") || !strcmp(act, "gelu_new"))) c->act = 1;
@@ -2052,11 +2058,11 @@ static int cr_config_from_gguf(cr_config *c, const cr_gguf *g, cr_err *err) {
     }
     if (c->n_heads % c->n_kv_heads) return cr_fail(err, CR_EFORMAT, "%s: %d heads not divisible into %d key/value heads", g->path, c->n_heads, c->n_kv_heads);
     snprintf(key, sizeof key, "%s.rope.freq_base", arch);
-    c->rope_theta = cr_gguf_num(g, key, &v) ? (float)v : 10000.0f;
+    c->rope_theta = cr_gguf_num(g, key, &v) ? cr_to_float(v) : 10000.0f;
     c->rms_norm = c->arch == CR_ARCH_LLAMA || c->arch == CR_ARCH_QWEN2 || c->arch == CR_ARCH_GEMMA;
     snprintf(key, sizeof key, c->rms_norm ? "%s.attention.layer_norm_rms_epsilon" : "%s.attention.layer_norm_epsilon", arch);
     if (!cr_gguf_num(g, key, &v)) return cr_fail(err, CR_EFORMAT, "%s: missing metadata %s", g->path, key);
-    c->norm_eps = (float)v;
+    c->norm_eps = cr_to_float(v);
     c->gated_mlp = c->rms_norm;
     c->act = c->arch == CR_ARCH_GEMMA || c->arch == CR_ARCH_GPT2 || c->arch == CR_ARCH_PHI ? 1 : c->arch == CR_ARCH_GPT_NEOX ? 0 : 2;
     c->parallel_block = c->arch == CR_ARCH_PHI;
@@ -2070,8 +2076,8 @@ static int cr_config_from_gguf(cr_config *c, const cr_gguf *g, cr_err *err) {
     /* llama.cpp stores llama-arch q/k permuted for rotation of adjacent pairs. */
     c->rope_interleaved = c->arch == CR_ARCH_LLAMA;
     c->bos_id = c->eos_id = -1;
-    if (cr_gguf_num(g, "tokenizer.ggml.bos_token_id", &v)) c->bos_id = (int32_t)v;
-    if (cr_gguf_num(g, "tokenizer.ggml.eos_token_id", &v)) c->eos_id = (int32_t)v;
+    if (cr_gguf_num(g, "tokenizer.ggml.bos_token_id", &v) && v >= 0 && v < CR_MAX_VOCAB) c->bos_id = (int32_t)v;
+    if (cr_gguf_num(g, "tokenizer.ggml.eos_token_id", &v) && v >= 0 && v < CR_MAX_VOCAB) c->eos_id = (int32_t)v;
     return CR_OK;
 }
 
@@ -2195,9 +2201,10 @@ static int cr_tokenizer_from_gguf(const cr_gguf *g, cr_tokenizer **out, cr_err *
 static int cr_config_check(const cr_config *c, const char *path, cr_err *err) {
     if (c->n_layers < 1 || c->n_layers > CR_MAX_LAYERS || c->d_model < 1 || c->n_heads < 1 || c->n_kv_heads < 1 ||
         c->head_dim < 1 || c->d_mlp < 1 || c->n_ctx < 1 || c->n_heads % c->n_kv_heads || c->rotary_dims < 0 ||
-        c->rotary_dims > c->head_dim || c->rotary_dims % 2 || !(c->norm_eps >= 0 && c->norm_eps < 1))
-        return cr_fail(err, CR_EFORMAT, "%s: inconsistent model configuration (layers %d, d %d, heads %d/%d, head_dim %d, d_mlp %d, ctx %d)",
-                       path, c->n_layers, c->d_model, c->n_heads, c->n_kv_heads, c->head_dim, c->d_mlp, c->n_ctx);
+        c->rotary_dims > c->head_dim || c->rotary_dims % 2 || !(c->norm_eps >= 0 && c->norm_eps < 1) ||
+        (c->rotary_dims && !(c->rope_theta > 1 && c->rope_theta < 1e30f)))
+        return cr_fail(err, CR_EFORMAT, "%s: inconsistent model configuration (layers %d, d %d, heads %d/%d, head_dim %d, d_mlp %d, ctx %d, eps %g, rope theta %g)",
+                       path, c->n_layers, c->d_model, c->n_heads, c->n_kv_heads, c->head_dim, c->d_mlp, c->n_ctx, (double)c->norm_eps, (double)c->rope_theta);
     if ((uint64_t)c->n_heads * (uint64_t)c->head_dim > CR_MAX_DIM) return cr_fail(err, CR_ERANGE, "%s: attention width too large", path);
     return CR_OK;
 }
