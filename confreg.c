@@ -2019,6 +2019,9 @@ static int cr_config_from_hf(cr_config *c, const char *path, const char *text, s
         if (act && (!strcmp(act, "gelu_pytorch_tanh") || !strcmp(act, "gelu_new"))) c->act = 1;
         else if (act && !strcmp(act, "gelu")) c->act = 0;
         else if (act && strcmp(act, "silu")) { rc = cr_fail(err, CR_EUNSUPPORTED, "%s: activation \"%s\" is not supported", path, act); goto done; }
+        /* Mistral's window always applies; Qwen2 only says so with use_sliding_window. */
+        if ((c->arch == CR_ARCH_MISTRAL || (c->arch == CR_ARCH_QWEN2 && js_get_bool(&doc, root, "use_sliding_window", 0))) &&
+            cr_cfg_int(&doc, root, "sliding_window", &c->sliding_window, 1, CR_MAX_CTX, path, err) < 0) { rc = CR_EFORMAT; goto done; }
         break;
     }
     if (c->rotary_dims % 2) { rc = cr_fail(err, CR_EFORMAT, "%s: rotary dimension %d is odd", path, c->rotary_dims); goto done; }
@@ -2041,7 +2044,8 @@ static int cr_config_from_gguf(cr_config *c, const cr_gguf *g, cr_err *err) {
         {"embedding_length", &c->d_model, 1, CR_MAX_DIM, 1}, {"block_count", &c->n_layers, 1, CR_MAX_LAYERS, 1},
         {"attention.head_count", &c->n_heads, 1, 4096, 1}, {"context_length", &c->n_ctx, 1, CR_MAX_CTX, 1},
         {"feed_forward_length", &c->d_mlp, 1, CR_MAX_DIM, 1}, {"attention.head_count_kv", &c->n_kv_heads, 1, 4096, 0},
-        {"attention.key_length", &c->head_dim, 1, 65536, 0}, {"rope.dimension_count", &c->rotary_dims, 0, 65536, 0}};
+        {"attention.key_length", &c->head_dim, 1, 65536, 0}, {"rope.dimension_count", &c->rotary_dims, 0, 65536, 0},
+        {"attention.sliding_window", &c->sliding_window, 0, CR_MAX_CTX, 0}};
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         snprintf(key, sizeof key, "%s.%s", arch, ints[i].suffix);
         if (!cr_gguf_num(g, key, &v)) {
@@ -2226,6 +2230,7 @@ static int cr_model_open_hf(cr_model *m, const char *dir, cr_err *err) {
     if (rc) return rc;
     m->cfg.source_format = "safetensors";
     m->qkv_per_head = m->cfg.arch == CR_ARCH_GPT_NEOX;
+    m->sliding_window = m->cfg.sliding_window;
     if ((rc = cr_hf_canonicalize(m, err))) return rc;
     return cr_model_build(m, m->cfg.arch == CR_ARCH_GEMMA, err);
 }
@@ -2238,6 +2243,7 @@ static int cr_model_open_gguf(cr_model *m, const char *path, cr_err *err) {
     if (!rc) rc = cr_config_from_gguf(&m->cfg, &g, err);
     if (!rc) {
         m->cfg.source_format = "gguf";
+        m->sliding_window = m->cfg.sliding_window;
         rc = cr_model_build(m, 0, err);
     }
     if (!rc && cr_gguf_find(&g, "tokenizer.ggml.tokens")) rc = cr_tokenizer_from_gguf(&g, &m->tok, err);
@@ -4228,6 +4234,7 @@ int cr_model_write_gguf(const cr_model *m, const char *path, int dtype, int flag
         cr_gw_kv_u32(&w, KEY("%s.rope.dimension_count"), (uint32_t)c->rotary_dims);
     }
     if (c->arch == CR_ARCH_GPT_NEOX) cr_gw_kv_bool(&w, KEY("%s.use_parallel_residual"), c->parallel_block);
+    if (c->sliding_window > 0) cr_gw_kv_u32(&w, KEY("%s.attention.sliding_window"), (uint32_t)c->sliding_window);
     if (has_tok) {
         int spm = tsp.kind == CR_TOK_SPM;
         cr_gw_kv_str(&w, KEY("tokenizer.ggml.model"), spm ? "llama" : "gpt2");

@@ -95,6 +95,7 @@ typedef struct cr_config {
     int tied_embeddings;
     int32_t bos_id, eos_id;   /* -1 when unknown */
     const char *source_format;/* "safetensors", "gguf", "llama2c" */
+    int sliding_window;       /* keys per query (Mistral); 0 = the whole prefix */
 } cr_config;
 
 typedef struct cr_model cr_model;
