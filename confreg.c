@@ -1118,9 +1118,6 @@ static void cr_gguf_free(cr_gguf *g) {
     memset(g, 0, sizeof *g);
 }
 
-/* Reads array element i of a string array (bounds were checked at parse time by skipping). */
-typedef struct cr_gg_iter { const unsigned char *p; } cr_gg_iter;
-
 /* ---- GGUF writer -------------------------------------------------------------------------- */
 
 typedef struct cr_gw {
@@ -5066,12 +5063,11 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
     float *XW = cr_malloc((size_t)TB * (size_t)NS, sizeof *XW);               /* [TB, NS] <x~, w~> */
     float *Z0 = cr_malloc((size_t)TB * (size_t)V, sizeof *Z0);                /* [TB, V] */
     float *G = cr_malloc((size_t)NB * (size_t)V, sizeof *G);                  /* [NB, V] */
-    float *gw = cr_malloc((size_t)NB * (size_t)d, sizeof *gw);
     cr_tok_state *ts = cr_malloc((size_t)TB, sizeof *ts);
     float *resid = cr_malloc((size_t)rows->ctx * (size_t)d, sizeof *resid), *scale = cr_malloc((size_t)rows->ctx, sizeof *scale);
     float *act = cr_malloc((size_t)rows->ctx * (size_t)f, sizeof *act);
     float **mlp = cr_calloc((size_t)c->n_layers, sizeof *mlp);
-    if (!w || !w2 || !X || !A || !XW || !Z0 || !G || !gw || !ts || !resid || !scale || !act || !mlp) { rc = cr_fail(err, CR_ENOMEM, "out of memory for the ablation buffers (token block %d)", TB); goto done; }
+    if (!w || !w2 || !X || !A || !XW || !Z0 || !G || !ts || !resid || !scale || !act || !mlp) { rc = cr_fail(err, CR_ENOMEM, "out of memory for the ablation buffers (token block %d)", TB); goto done; }
     for (int j = 0; j < NS; j++) {
         memcpy(w + (size_t)j * (size_t)d, wall + (size_t)sp->neurons[j] * (size_t)d, (size_t)d * sizeof *w);
         double q = 0;
@@ -5188,20 +5184,16 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                             const cr_tok_state *st = &ts[q];
                             const float *z0 = Z0 + (size_t)q * V, *g = G + (size_t)j * V;
                             double *ac = accs[k];
+                            double lse_t = par[k].shift_t + log(ac[0]), h_t = log(ac[0]) - ac[1] / ac[0];
+                            double lse_d = par[k].shift_d + log(ac[2]), h_d = log(ac[2]) - ac[3] / ac[2];
+                            double lse_f = fd ? par[k].shift_f + log(ac[4]) : 0;
                             /* A bound far above the true maximum would leave only underflowed
                              * terms: redo such a pair with exact maxima. */
                             if (!(ac[0] > 1e-30 && ac[2] > 1e-30 && (!fd || ac[4] > 1e-30))) {
                                 cr_fused_out fo;
                                 cr_fused_ablation_scalar(z0, g, u.b, fd ? fd->v : NULL, V, par[k].delta, par[k].inv_t, par[k].inv_d, par[k].cf, &fo);
-                                ac[0] = 1, ac[1] = -fo.h_t + 0, ac[2] = 1, ac[3] = -fo.h_d, ac[4] = 1;
-                                par[k].shift_t = (float)fo.lse_t, par[k].shift_d = (float)fo.lse_d, par[k].shift_f = (float)fo.lse_f;
-                                ac[1] = 0, ac[3] = 0;
-                                /* store entropies through E: H = log S - E/S with S = 1 */
-                                ac[1] = -fo.h_t, ac[3] = -fo.h_d;
+                                lse_t = fo.lse_t, h_t = fo.h_t, lse_d = fo.lse_d, h_d = fo.h_d, lse_f = fo.lse_f;
                             }
-                            double lse_t = par[k].shift_t + log(ac[0]), h_t = log(ac[0]) - ac[1] / ac[0];
-                            double lse_d = par[k].shift_d + log(ac[2]), h_d = log(ac[2]) - ac[3] / ac[2];
-                            double lse_f = fd ? par[k].shift_f + log(ac[4]) : 0;
                             double ay = z0[st->target] + delta[k] * g[st->target];
                             double zty = ay * inv_t[k] + u.b[st->target], zdy = ay * st->inv_s + u.b[st->target];
                             double l0 = st->lse - st->zy, lt = lse_t - zty, ld = lse_d - zdy, dkl = 0, lf = 0;
@@ -5218,7 +5210,7 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
         }
     }
 done:
-    free(w), free(w2), free(X), free(A), free(XW), free(Z0), free(G), free(gw), free(ts), free(resid), free(scale), free(act), free(mlp), free(wall);
+    free(w), free(w2), free(X), free(A), free(XW), free(Z0), free(G), free(ts), free(resid), free(scale), free(act), free(mlp), free(wall);
     cr_session_close(s);
     cr_unembed_free(&u);
     return rc;
@@ -5639,10 +5631,9 @@ static int cr_induction(const cr_model *m, const cr_induction_spec *sp, cr_induc
     float *sc = cr_malloc((size_t)T, sizeof *sc), *sc1 = cr_malloc(1, sizeof *sc1), *act1 = cr_malloc((size_t)f, sizeof *act1);
     double *h0 = cr_malloc((size_t)T, 8), *l0 = cr_malloc((size_t)T, 8), *h1 = cr_malloc((size_t)T, 8), *l1 = cr_malloc((size_t)T, 8);
     float **mlp = cr_calloc((size_t)c->n_layers, sizeof *mlp), **attn = cr_calloc((size_t)c->n_layers, sizeof *attn);
-    float *first_acts = cr_calloc((size_t)sp->n_seqs * NN + 1, sizeof *first_acts);
     int rc = CR_OK;
     if (!res->entropy || !res->loss || !res->act || !res->rises || !res->first_mean || !res->h_ratio || !res->l_ratio || !res->clip_entropy ||
-        !res->head_score || !res->bos || !ids || !lg || !lg2 || !act || !sc || !sc1 || !act1 || !h0 || !l0 || !h1 || !l1 || !mlp || !attn || !first_acts) {
+        !res->head_score || !res->bos || !ids || !lg || !lg2 || !act || !sc || !sc1 || !act1 || !h0 || !l0 || !h1 || !l1 || !mlp || !attn) {
         rc = cr_fail(err, CR_ENOMEM, "out of memory");
         goto done;
     }
@@ -5750,7 +5741,7 @@ static int cr_induction(const cr_model *m, const cr_induction_spec *sp, cr_induc
     }
 done:
     cr_session_close(s);
-    free(ids), free(lg), free(lg2), free(act), free(sc), free(sc1), free(act1), free(h0), free(l0), free(h1), free(l1), free(mlp), free(attn), free(first_acts);
+    free(ids), free(lg), free(lg2), free(act), free(sc), free(sc1), free(act1), free(h0), free(l0), free(h1), free(l1), free(mlp), free(attn);
     if (rc) cr_induction_result_free(res);
     return rc;
 }
