@@ -13,7 +13,7 @@ endif
 ALLFLAGS = $(WARN) $(CFLAGS) $(ARCHFLAGS) $(OPENMP)
 SAN      = -O1 -g -fno-omit-frame-pointer -fsanitize=address,undefined -fno-sanitize-recover=undefined
 
-.PHONY: all test check clean install data bench bench-quick test-arm fuzz
+.PHONY: all test check clean install data bench bench-quick test-arm fuzz valgrind
 
 all: confreg
 
@@ -42,7 +42,7 @@ install: confreg
 	install -m 644 confreg.h $(DESTDIR)$(PREFIX)/include/confreg.h
 
 clean:
-	rm -f confreg confreg-san confreg-a76 confreg-a72 tests/test_confreg tests/test_confreg-san tests/test_confreg-a76 tests/test_confreg-a72
+	rm -f confreg confreg-san confreg-vg confreg-a76 confreg-a72 tests/test_confreg tests/test_confreg-san tests/test_confreg-a76 tests/test_confreg-a72
 
 # Benchmarks (figures, not tests): `make bench LLAMA_BENCH=/path/to/llama-bench` adds llama.cpp.
 LLAMA_BENCH ?=
@@ -80,3 +80,21 @@ fuzz-%: confreg.c confreg.h tests/fuzz/fuzz.c
 	    -artifact_prefix=fuzz-out/$*/ -print_final_stats=1 fuzz-out/$*-corpus tests/fuzz/seeds/$* > fuzz-out/$*.log 2>&1; \
 	    status=$$?; grep -E "ERROR|SUMMARY|number_of_executed_units|Test unit written" fuzz-out/$*.log; \
 	    echo "fuzz-$*: exit $$status"; exit $$status
+
+# A representative command set under valgrind's memcheck (no leaks, no invalid accesses).
+VALGRIND = valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite
+# valgrind knows AVX2 but not AVX-512, so this binary is built for x86-64-v3 (AVX2, FMA, F16C)
+# where the compiler offers it, and with no ISA assumptions otherwise.
+VG_ARCH := $(shell echo 'int main(void){return 0;}' | $(CC) -march=x86-64-v3 -x c - -o /dev/null 2>/dev/null && echo -march=x86-64-v3 || echo -DCONFREG_PORTABLE)
+valgrind: confreg.c confreg.h
+	$(CC) $(WARN) -O1 -g $(VG_ARCH) -o confreg-vg confreg.c -lm
+	@rm -rf vg-out && mkdir -p vg-out
+	$(VALGRIND) ./confreg-vg info data/gpt2-tiny-q8_0.gguf > /dev/null
+	$(VALGRIND) ./confreg-vg tokenize data/gpt2-tiny-q8_0.gguf --text "Hello world, valgrind." > /dev/null
+	$(VALGRIND) ./confreg-vg eval data/gpt2-tiny-q8_0.gguf data/tinystories-heldout.txt --rows 1 --ctx 32 --threads 1 > /dev/null
+	$(VALGRIND) ./confreg-vg synth -o vg-out/s.gguf --layers 1 --d 32 --heads 2 --d-mlp 64 --ctx 64 --dtype q8_0 > /dev/null
+	$(VALGRIND) ./confreg-vg ablate vg-out/s.gguf data/tinystories-heldout.txt --rows 1 --ctx 32 --threads 1 --csv > /dev/null
+	$(VALGRIND) ./confreg-vg report vg-out/s.gguf data/tinystories-heldout.txt --rows 1 --ctx 32 -N 8 --seqs 2 --threads 1 -o vg-out/report
+	$(VALGRIND) ./confreg-vg generate vg-out/s.gguf --prompt "ab" -n 4 --threads 1 > /dev/null
+	@rm -rf vg-out
+	@echo "valgrind: clean"
