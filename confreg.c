@@ -23,6 +23,7 @@
 #include <float.h>
 #include <limits.h>
 #include <math.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -240,6 +241,8 @@ static int cr_outfile_close(cr_outfile *o, int ok, cr_err *err) {
     int rc = CR_OK;
     if (o->f) {
         if (ferror(o->f)) ok = 0, rc = cr_fail(err, CR_EIO, "%s: write error", o->final_path);
+        /* On disk before the rename, so that even a power cut leaves the old file or the new. */
+        if (ok && (fflush(o->f) != 0 || fsync(fileno(o->f)) != 0)) ok = 0, rc = cr_fail(err, CR_EIO, "%s: write error: %s", o->final_path, strerror(errno));
         if (fclose(o->f) != 0 && ok) ok = 0, rc = cr_fail(err, CR_EIO, "%s: write error: %s", o->final_path, strerror(errno));
     }
     if (ok) {
@@ -365,6 +368,75 @@ static size_t cr_utf8_check(const unsigned char *s, size_t len) {
         i += n;
     }
     return len;
+}
+
+/* A growable byte buffer for small binary files (checkpoints), written atomically in one go,
+ * and a bounds-checked reader for them: every read past the end sets `bad` and yields zeros. */
+typedef struct cr_bw { unsigned char *p; size_t n, cap; int failed; } cr_bw;
+
+static void cr_bw_bytes(cr_bw *b, const void *src, size_t n) {
+    if (b->failed || !n) return;
+    if (n > SIZE_MAX / 2 - b->n) { b->failed = 1; return; }
+    if (b->n + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 4096;
+        while (cap < b->n + n) cap *= 2;
+        unsigned char *np = realloc(b->p, cap);
+        if (!np) { b->failed = 1; return; }
+        b->p = np, b->cap = cap;
+    }
+    memcpy(b->p + b->n, src, n);
+    b->n += n;
+}
+static void cr_bw_u32(cr_bw *b, uint32_t v) {
+    unsigned char x[4] = {(unsigned char)v, (unsigned char)(v >> 8), (unsigned char)(v >> 16), (unsigned char)(v >> 24)};
+    cr_bw_bytes(b, x, 4);
+}
+static void cr_bw_u64(cr_bw *b, uint64_t v) { cr_bw_u32(b, (uint32_t)v), cr_bw_u32(b, (uint32_t)(v >> 32)); }
+static void cr_bw_f64(cr_bw *b, double v) { uint64_t x; memcpy(&x, &v, 8); cr_bw_u64(b, x); }
+static void cr_bw_str(cr_bw *b, const char *s) { size_t n = s ? strlen(s) : 0; cr_bw_u32(b, (uint32_t)n), cr_bw_bytes(b, s, n); }
+
+typedef struct cr_br { const unsigned char *p; size_t pos, size; int bad; } cr_br;
+
+static const unsigned char *cr_br_take(cr_br *r, uint64_t n) {
+    if (r->bad || n > r->size - r->pos) { r->bad = 1; return NULL; }
+    const unsigned char *q = r->p + r->pos;
+    r->pos += (size_t)n;
+    return q;
+}
+static uint32_t cr_br_u32(cr_br *r) { const unsigned char *q = cr_br_take(r, 4); return q ? cr_rd32(q) : 0; }
+static uint64_t cr_br_u64(cr_br *r) { const unsigned char *q = cr_br_take(r, 8); return q ? cr_rd64(q) : 0; }
+static double cr_br_f64(cr_br *r) { uint64_t x = cr_br_u64(r); double v; memcpy(&v, &x, 8); return v; }
+/* A u32 that must not exceed max (a count the reader is about to allocate for). */
+static uint32_t cr_br_count(cr_br *r, uint32_t max) { uint32_t v = cr_br_u32(r); if (v > max) r->bad = 1; return r->bad ? 0 : v; }
+static char *cr_br_str(cr_br *r) {
+    uint32_t n = cr_br_count(r, 1u << 16);
+    const unsigned char *q = cr_br_take(r, n);
+    return q ? cr_strndup((const char *)q, n) : NULL;
+}
+
+/* 64-bit FNV-1a, for checksums of small files. */
+static uint64_t cr_fnv64(const void *p, size_t n, uint64_t h) {
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
+    return h;
+}
+
+/* A fast 64-bit content hash for large data (model files): four independent multiply-mix
+ * lanes over 8-byte words, so it runs at memory speed.  An identity check, not cryptography. */
+static uint64_t cr_hash64(const void *p, size_t n, uint64_t seed) {
+    const unsigned char *b = p;
+    const uint64_t K = 0x9fb21c651e98df25ull;
+    uint64_t h[4] = {seed ^ 0x243f6a8885a308d3ull, seed ^ 0x13198a2e03707344ull, seed ^ 0xa4093822299f31d0ull, seed ^ 0x082efa98ec4e6c89ull};
+    size_t i = 0;
+    for (; i + 32 <= n; i += 32)
+        for (int k = 0; k < 4; k++) {
+            uint64_t w = cr_rd64(b + i + 8 * (size_t)k);
+            h[k] = (h[k] ^ w) * K;
+            h[k] ^= h[k] >> 29;
+        }
+    uint64_t out = cr_fnv64(b + i, n - i, (uint64_t)n * K);
+    for (int k = 0; k < 4; k++) out = (out ^ h[k]) * K, out ^= out >> 32;
+    return out;
 }
 
 /* ============================================================================================
@@ -4309,6 +4381,12 @@ typedef struct cr_rows {
 
 static void cr_rows_free(cr_rows *r) { free(r->ids), free(r->len); memset(r, 0, sizeof *r); }
 
+static int64_t cr_rows_tokens(const cr_rows *r) {
+    int64_t n = 0;
+    for (int i = 0; i < r->n_rows; i++) n += r->len[i];
+    return n;
+}
+
 static int cr_rows_make(cr_rows *r, const int32_t *stream, size_t n, int ctx, int32_t bos, int max_rows, cr_err *err) {
     memset(r, 0, sizeof *r);
     if (ctx < 2) return cr_fail(err, CR_EINVAL, "context %d too short for evaluation rows", ctx);
@@ -4411,11 +4489,6 @@ static int cr_unigram_new(int32_t n_vocab, cr_unigram **out, cr_err *err) {
     return CR_OK;
 }
 
-static uint64_t cr_fnv64(const void *p, size_t n, uint64_t h) {
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 0x100000001b3ull;
-    return h;
-}
 
 /* Adds the tokens of UTF-8 text; ids at or beyond the count's vocabulary are an error. */
 int cr_unigram_add_text(cr_unigram *u, const cr_tokenizer *tok, const char *text, size_t len, cr_err *err) {
@@ -4943,68 +5016,279 @@ static int cr_token_counts(const int32_t *ids, int n, int pos, int ctx, int32_t 
     return 1;
 }
 
+/* ---- exact sums ---------------------------------------------------------------------------
+ * Every aggregate of a scan is a sum over tokens.  Each is kept exactly, as an integer number
+ * of 2^-1074 (the smallest double) in 32-bit digits, so a sum does not depend on the order of
+ * its terms: any thread count, any split of the corpus or the neurons into shards, and any
+ * resume point give the same bits.  Rounding to double happens once, when the sum is read. */
+#define CR_XS_DIGITS 68           /* 2^-1074 .. 2^1102: every finite double, with room for carries */
+
+typedef struct cr_xsum {
+    int64_t d[CR_XS_DIGITS];      /* value = sum d[i] 2^(32 i - 1074); below the top, d[i] in [0, 2^32) once normalized */
+    uint32_t pending;             /* additions since the last normalization; each moves a digit by < 2^33 */
+    uint32_t special;             /* 1: a NaN was added, 2: +inf, 4: -inf */
+} cr_xsum;
+
+/* Propagates carries so that every digit but the top one lies in [0, 2^32). */
+static void cr_xs_norm(cr_xsum *x) {
+    int64_t carry = 0;
+    for (int i = 0; i < CR_XS_DIGITS - 1; i++) {
+        int64_t v = x->d[i] + carry, lo = (int64_t)((uint64_t)v & 0xffffffffu);
+        x->d[i] = lo;
+        carry = (v - lo) / 4294967296;   /* exact: v - lo is a multiple of 2^32 */
+    }
+    x->d[CR_XS_DIGITS - 1] += carry;
+    x->pending = 0;
+}
+
+static void cr_xs_add(cr_xsum *x, double v) {
+    uint64_t b;
+    memcpy(&b, &v, 8);
+    int e = (int)(b >> 52 & 0x7ff);
+    uint64_t m = b & 0xfffffffffffffull;
+    if (e == 0x7ff) { x->special |= m ? 1u : (b >> 63) ? 4u : 2u; return; }
+    if (e == 0 && m == 0) return;
+    if (e) m |= 1ull << 52;
+    int p = e ? e - 1 : 0, k = p >> 5, s = p & 31;   /* |v| = m 2^(p - 1074) */
+    uint64_t lo = (m & 0xffffffffu) << s, hi = (m >> 32) << s;
+    int64_t a0 = (int64_t)(lo & 0xffffffffu), a1 = (int64_t)(lo >> 32) + (int64_t)(hi & 0xffffffffu), a2 = (int64_t)(hi >> 32);
+    if (b >> 63) x->d[k] -= a0, x->d[k + 1] -= a1, x->d[k + 2] -= a2;
+    else x->d[k] += a0, x->d[k + 1] += a1, x->d[k + 2] += a2;
+    if (++x->pending >= (1u << 29)) cr_xs_norm(x);
+}
+
+static void cr_xs_merge(cr_xsum *x, const cr_xsum *y) {
+    cr_xsum t = *y;
+    cr_xs_norm(x), cr_xs_norm(&t);
+    for (int i = 0; i < CR_XS_DIGITS; i++) x->d[i] += t.d[i];
+    x->special |= t.special;
+    cr_xs_norm(x);
+}
+
+/* The sum rounded to the nearest double (ties to even). */
+static double cr_xs_value(const cr_xsum *xin) {
+    if ((xin->special & 1) || (xin->special & 6) == 6) return NAN;
+    if (xin->special) return xin->special & 2 ? INFINITY : -INFINITY;
+    cr_xsum x = *xin;
+    cr_xs_norm(&x);
+    int neg = x.d[CR_XS_DIGITS - 1] < 0;
+    if (neg) {
+        for (int i = 0; i < CR_XS_DIGITS; i++) x.d[i] = -x.d[i];
+        cr_xs_norm(&x);
+    }
+    if (x.d[CR_XS_DIGITS - 1]) return neg ? -INFINITY : INFINITY;   /* >= 2^1070 */
+    int h = CR_XS_DIGITS - 2;
+    while (h >= 0 && !x.d[h]) h--;
+    if (h < 0) return 0.0;
+    uint64_t top = (uint64_t)x.d[h], d1 = h >= 1 ? (uint64_t)x.d[h - 1] : 0, d2 = h >= 2 ? (uint64_t)x.d[h - 2] : 0;
+    int lb = 31;
+    while (!(top >> lb & 1)) lb--;
+    const int E = 32 * h + lb - 1074;   /* weight of the leading bit */
+    if (E < -1022) {                    /* subnormal: fewer than 52 bits, all in d[0..1]: exact */
+        double r = ldexp((double)((uint64_t)x.d[1] << 32 | (uint64_t)x.d[0]), -1074);
+        return neg ? -r : r;
+    }
+    /* 64 bits with the leading one at bit 63, and whether anything below them is set. */
+    const int sh = 31 - lb;
+    uint64_t bits = (top << 32 | d1) << sh, sticky;
+    if (sh) bits |= d2 >> (32 - sh), sticky = d2 & ((1ull << (32 - sh)) - 1);
+    else sticky = d2;
+    for (int i = h - 3; i >= 0 && !sticky; i--) sticky = (uint64_t)x.d[i];
+    uint64_t mant = bits >> 11, rest = bits & 0x7ff;
+    if (rest > 0x400 || (rest == 0x400 && (sticky || (mant & 1)))) mant++;
+    double r = ldexp((double)mant, E - 52);   /* exact, or infinity past DBL_MAX */
+    return neg ? -r : r;
+}
+
+/* Compact form for files: special, first digit, digit count, the digits. */
+static void cr_xs_write(cr_bw *b, const cr_xsum *xin) {
+    cr_xsum x = *xin;
+    cr_xs_norm(&x);
+    int lo = 0, hi = CR_XS_DIGITS - 1;
+    while (lo <= hi && !x.d[lo]) lo++;
+    while (hi >= lo && !x.d[hi]) hi--;
+    int n = hi >= lo ? hi - lo + 1 : 0;
+    cr_bw_u32(b, x.special), cr_bw_u32(b, (uint32_t)(n ? lo : 0)), cr_bw_u32(b, (uint32_t)n);
+    for (int i = 0; i < n; i++) cr_bw_u64(b, (uint64_t)x.d[lo + i]);
+}
+
+static void cr_xs_read(cr_br *r, cr_xsum *x) {
+    memset(x, 0, sizeof *x);
+    x->special = cr_br_u32(r);
+    uint32_t lo = cr_br_u32(r), n = cr_br_u32(r);
+    if (x->special > 7 || lo > CR_XS_DIGITS || n > CR_XS_DIGITS - lo) { r->bad = 1; return; }
+    for (uint32_t i = 0; i < n; i++) {
+        int64_t v = (int64_t)cr_br_u64(r);
+        /* Normalized digits only: a file cannot smuggle in a value that overflows later adds. */
+        if ((lo + i < CR_XS_DIGITS - 1 && (v < 0 || v > 0xffffffffll)) || v > (1ll << 40) || v < -(1ll << 40)) { r->bad = 1; return; }
+        x->d[lo + i] = v;
+    }
+}
+
 typedef struct cr_ablate_spec {
     int layer;                   /* must be the final layer */
     const int *neurons;          /* [n_neurons] indices into d_mlp */
     int n_neurons;
-    const double *mean_act;      /* [d_mlp] fixed means, or NULL to compute them from the rows */
+    const double *mean_act;      /* [d_mlp] fixed means, or NULL to compute them from all the rows */
     const cr_freqdir *fd;        /* NULL: no KL or frequency-mediated columns */
     int32_t newline_id;          /* -1 if none */
     int exact_recompute;         /* brute force: patch and re-run, the test oracle */
     int n_threads;
-    int token_block;             /* tokens per block of the fast path (default 512) */
+    int token_block;             /* counted tokens per block of the fast path (default 512) */
 } cr_ablate_spec;
 
-/* Sums per neuron, in token order (so thread count never changes a bit). */
+/* Sums per neuron over the counted tokens. */
+enum { CR_ACC_ABS_TE, CR_ACC_ABS_DE, CR_ACC_TE, CR_ACC_DE, CR_ACC_DH_TE, CR_ACC_DH_DE, CR_ACC_ABS_DKL, CR_ACC_ABS_FREQ, CR_ACC_SUMS };
 typedef struct cr_ablate_acc {
-    double abs_te, abs_de, te, de, dh_te, dh_de, abs_dkl, abs_freq;
+    cr_xsum s[CR_ACC_SUMS];
     int64_t n;
 } cr_ablate_acc;
 
 static void cr_acc_add(cr_ablate_acc *a, double dl_te, double dl_de, double dh_te, double dh_de, double dkl, double dl_f) {
-    a->abs_te += fabs(dl_te), a->abs_de += fabs(dl_de), a->te += dl_te, a->de += dl_de;
-    a->dh_te += dh_te, a->dh_de += dh_de, a->abs_dkl += fabs(dkl), a->abs_freq += fabs(dl_f);
+    const double v[CR_ACC_SUMS] = {fabs(dl_te), fabs(dl_de), dl_te, dl_de, dh_te, dh_de, fabs(dkl), fabs(dl_f)};
+    for (int k = 0; k < CR_ACC_SUMS; k++) cr_xs_add(&a->s[k], v[k]);
     a->n++;
 }
 
 static void cr_acc_finish(const cr_ablate_acc *a, int has_freq, cr_neuron_row *r) {
-    double n = a->n ? (double)a->n : 1.0;
-    r->te = a->abs_te / n, r->de = a->abs_de / n;
+    double n = a->n ? (double)a->n : 1.0, v[CR_ACC_SUMS];
+    for (int k = 0; k < CR_ACC_SUMS; k++) v[k] = cr_xs_value(&a->s[k]) / n;
+    r->te = v[CR_ACC_ABS_TE], r->de = v[CR_ACC_ABS_DE];
     r->ln_frac = r->te > 0 ? 1.0 - r->de / r->te : 0.0;
-    r->dloss_te = a->te / n, r->dloss_de = a->de / n, r->dH_te = a->dh_te / n, r->dH_de = a->dh_de / n;
+    r->dloss_te = v[CR_ACC_TE], r->dloss_de = v[CR_ACC_DE], r->dH_te = v[CR_ACC_DH_TE], r->dH_de = v[CR_ACC_DH_DE];
     r->n_tokens = a->n;
     r->has_effects = 1;
     if (has_freq) {
-        r->abs_dkl = a->abs_dkl / n;
-        r->de_freq = a->abs_freq / n;
+        r->abs_dkl = v[CR_ACC_ABS_DKL];
+        r->de_freq = v[CR_ACC_ABS_FREQ];
         r->freq_frac = r->te > 0 ? 1.0 - r->de_freq / r->te : 0.0;
         r->has_freq_effects = 1;
     }
 }
 
-/* Mean activation of every neuron of `layer` over every token of the rows (BOS included). */
-static int cr_mean_activations(const cr_model *m, const cr_rows *rows, int layer, int n_threads, double *mean, int64_t *n_tokens, cr_err *err) {
-    const int f = m->cfg.d_mlp;
-    cr_session *s;
-    int rc = cr_session_open(m, rows->ctx, n_threads, &s, err);
+/* Clean per-token entropy H and KL(P_freq || p) over the counted tokens: sums for their
+ * correlation, which `freq` reports as the baseline link between the two. */
+enum { CR_CORR_H, CR_CORR_KL, CR_CORR_HH, CR_CORR_KK, CR_CORR_HK, CR_CORR_SUMS };
+typedef struct cr_corr_acc {
+    cr_xsum s[CR_CORR_SUMS];
+    int64_t n;
+} cr_corr_acc;
+
+static void cr_corr_add(cr_corr_acc *c, double h, double kl) {
+    const double v[CR_CORR_SUMS] = {h, kl, h * h, kl * kl, h * kl};
+    for (int k = 0; k < CR_CORR_SUMS; k++) cr_xs_add(&c->s[k], v[k]);
+    c->n++;
+}
+
+static double cr_corr_value(const cr_corr_acc *c) {
+    double n = c->n ? (double)c->n : 1.0, v[CR_CORR_SUMS];
+    for (int k = 0; k < CR_CORR_SUMS; k++) v[k] = cr_xs_value(&c->s[k]);
+    double cov = v[CR_CORR_HK] - v[CR_CORR_H] * v[CR_CORR_KL] / n;
+    double vh = v[CR_CORR_HH] - v[CR_CORR_H] * v[CR_CORR_H] / n, vk = v[CR_CORR_KK] - v[CR_CORR_KL] * v[CR_CORR_KL] / n;
+    return vh > 0 && vk > 0 ? cov / sqrt(vh * vk) : 0.0;
+}
+
+/* ---- scans: state, checkpoints, shards ---------------------------------------------------------
+ * A scan ablates a list of neurons over the evaluation rows [r0, r1).  Its state is everything
+ * it has accumulated and how far it has got; the state can be saved at any safe point, resumed,
+ * and merged with the states of scans over other rows or other neurons.  Because every
+ * aggregate is an exact sum, a resumed or merged scan equals an uninterrupted one bit for bit.
+ * The means the neurons are set to come from all the rows, in row order (or from the caller),
+ * so every shard ablates to the same values. */
+enum { CR_SCAN_MEAN, CR_SCAN_EFFECTS, CR_SCAN_DONE };
+
+typedef struct cr_scan {
+    uint64_t fingerprint;        /* what two states must share to be resumed or merged (set by the caller) */
+    int layer, d_mlp, n_rows;    /* n_rows: all the evaluation rows, of which this scan covers [r0, r1) */
+    int r0, r1;
+    int *neurons, n_neurons;     /* [n_neurons] */
+    int phase;                   /* CR_SCAN_* */
+    int row, block_end, group;   /* mean pass: rows [0,row) summed.  Effects: rows [r0,row) done for every
+                                    neuron, and rows [row,block_end) done for neurons [0,group) */
+    double *mean_sum;            /* [d_mlp] mean pass: activation sums over rows [0,row) */
+    int64_t mean_count;
+    double *mean;                /* [d_mlp] the values the neurons are set to */
+    int64_t mean_tokens;         /* tokens behind the means (0 when the caller gave them) */
+    cr_ablate_acc *acc;          /* [n_neurons] */
+    cr_corr_acc corr;            /* needs unigram counts; zero otherwise */
+    cr_neuron_row *wt;           /* [n_neurons] weight metrics carried for the caller, or NULL */
+    char *meta;                  /* the caller's description, carried verbatim, or NULL */
+    double seconds;              /* wall time, summed over resumed runs */
+} cr_scan;
+
+/* Called where the state is complete and may be saved; non-zero stops the scan (CR_EINTR). */
+typedef int (*cr_scan_hook)(void *user, const cr_scan *st);
+
+static void cr_scan_free(cr_scan *st) {
+    free(st->neurons), free(st->mean_sum), free(st->mean), free(st->acc), free(st->wt), free(st->meta);
+    memset(st, 0, sizeof *st);
+}
+
+static int cr_scan_alloc(cr_scan *st, int d_mlp, int n_neurons, cr_err *err) {
+    st->d_mlp = d_mlp, st->n_neurons = n_neurons;
+    st->neurons = cr_calloc((size_t)n_neurons + 1, sizeof *st->neurons);
+    st->mean_sum = cr_calloc((size_t)d_mlp + 1, sizeof *st->mean_sum);
+    st->mean = cr_calloc((size_t)d_mlp + 1, sizeof *st->mean);
+    st->acc = cr_calloc((size_t)n_neurons + 1, sizeof *st->acc);
+    if (!st->neurons || !st->mean_sum || !st->mean || !st->acc) { cr_scan_free(st); return cr_fail(err, CR_ENOMEM, "out of memory for the scan state"); }
+    return CR_OK;
+}
+
+/* A fresh scan of rows [r0, r1) for sp's neurons; with sp->mean_act there is no mean pass. */
+static int cr_scan_init(cr_scan *st, const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, int r0, int r1, cr_err *err) {
+    memset(st, 0, sizeof *st);
+    const cr_config *c = &m->cfg;
+    if (sp->n_neurons < 1) return cr_fail(err, CR_EINVAL, "no neurons to ablate");
+    if (r0 < 0 || r1 > rows->n_rows || r0 > r1) return cr_fail(err, CR_EINVAL, "rows %d..%d are outside the %d evaluation rows", r0, r1, rows->n_rows);
+    int rc = cr_scan_alloc(st, c->d_mlp, sp->n_neurons, err);
     if (rc) return rc;
-    float *act = cr_malloc((size_t)rows->ctx * (size_t)f, sizeof *act);
+    st->layer = sp->layer, st->n_rows = rows->n_rows, st->r0 = r0, st->r1 = r1;
+    memcpy(st->neurons, sp->neurons, (size_t)sp->n_neurons * sizeof *st->neurons);
+    st->row = st->block_end = 0;
+    st->phase = CR_SCAN_MEAN;
+    if (sp->mean_act) {
+        memcpy(st->mean, sp->mean_act, (size_t)c->d_mlp * sizeof *st->mean);
+        st->phase = CR_SCAN_EFFECTS, st->row = st->block_end = r0;
+    }
+    return CR_OK;
+}
+
+static void cr_scan_results(const cr_scan *st, int has_freq, cr_neuron_row *out) {
+    for (int j = 0; j < st->n_neurons; j++) {
+        memset(&out[j], 0, sizeof out[j]);
+        if (st->wt) out[j] = st->wt[j];
+        out[j].layer = st->layer, out[j].index = st->neurons[j];
+        out[j].mean_act = st->mean[st->neurons[j]];
+        cr_acc_finish(&st->acc[j], has_freq, &out[j]);
+    }
+}
+
+/* The mean pass: activation sums over all rows in row order, resumable after any row. */
+static int cr_scan_mean_pass(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, cr_scan *st, cr_scan_hook hook, void *user, cr_err *err) {
+    const int f = m->cfg.d_mlp, L = st->layer;
+    cr_session *s;
+    int rc = cr_session_open(m, rows->ctx, sp->n_threads, &s, err);
+    if (rc) return rc;
+    float *act = cr_malloc((size_t)rows->ctx * (size_t)f, sizeof *act);   /* [ctx, f] */
     float **mlp = cr_calloc((size_t)m->cfg.n_layers, sizeof *mlp);
     if (!act || !mlp) { free(act), free(mlp); cr_session_close(s); return cr_fail(err, CR_ENOMEM, "out of memory"); }
-    mlp[layer] = act;
-    for (int i = 0; i < f; i++) mean[i] = 0;
-    int64_t cnt = 0;
-    for (int r = 0; r < rows->n_rows && !rc; r++) {
+    mlp[L] = act;
+    for (; st->row < rows->n_rows && !rc; ) {
         cr_capture cap = {0};
         cap.mlp_post = mlp;
-        int n = rows->len[r];
-        if ((rc = cr_forward(s, rows->ids + (size_t)r * (size_t)rows->ctx, n, 0, &cap, err))) break;
+        int n = rows->len[st->row];
+        if ((rc = cr_forward(s, rows->ids + (size_t)st->row * (size_t)rows->ctx, n, 0, &cap, err))) break;
         for (int t = 0; t < n; t++)
-            for (int i = 0; i < f; i++) mean[i] += act[(size_t)t * (size_t)f + (size_t)i];
-        cnt += n;
+            for (int i = 0; i < f; i++) st->mean_sum[i] += act[(size_t)t * (size_t)f + (size_t)i];
+        st->mean_count += n;
+        st->row++;
+        if (st->row < rows->n_rows && hook && hook(user, st)) rc = cr_fail(err, CR_EINTR, "interrupted");
     }
-    for (int i = 0; i < f && cnt; i++) mean[i] /= (double)cnt;
-    if (n_tokens) *n_tokens = cnt;
+    if (!rc) {
+        for (int i = 0; i < f; i++) st->mean[i] = st->mean_count ? st->mean_sum[i] / (double)st->mean_count : 0.0;
+        st->mean_tokens = st->mean_count;
+        st->phase = CR_SCAN_EFFECTS, st->row = st->block_end = st->r0, st->group = 0;
+    }
     free(act), free(mlp);
     cr_session_close(s);
     return rc;
@@ -5042,13 +5326,32 @@ typedef struct cr_tok_state {
     double lse, h, zy, zv, zp;   /* clean log-sum-exp, entropy, target logit, <v,z>, <P,z> */
 } cr_tok_state;
 
-static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, const double *mean_act,
-                          cr_ablate_acc *acc, cr_err *err) {
+/* Counted tokens of a row. */
+static int cr_row_counted(const cr_model *m, const cr_rows *rows, int r, int32_t nl) {
+    const int32_t *ids = rows->ids + (size_t)r * (size_t)rows->ctx;
+    int n = rows->len[r], k = 0;
+    for (int t = 0; t < n; t++) k += cr_token_counts(ids, n, t, rows->ctx, m->cfg.bos_id, m->cfg.eos_id, nl);
+    return k;
+}
+
+static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, cr_scan *st, cr_scan_hook hook, void *user, cr_err *err) {
     const cr_config *c = &m->cfg;
-    const int d = c->d_model, f = c->d_mlp, V = c->n_vocab, L = sp->layer, NS = sp->n_neurons;
-    const int TB = sp->token_block > 0 ? sp->token_block : 512, NB = 32;
+    const int d = c->d_model, f = c->d_mlp, V = c->n_vocab, L = st->layer, NS = st->n_neurons;
+    const int *neurons = st->neurons;
+    const double *mean_act = st->mean;
+    const int NB = 32;
     enum { TN = 4, TQ = 8, CH = 2048 };
     const cr_freqdir *fd = sp->fd;
+    /* Blocks are whole rows, so that a saved state names its block by rows.  A block holds
+     * token_block counted tokens, or one longer row; a resumed block may come from a run with
+     * another block size. */
+    int TB = sp->token_block > 0 ? sp->token_block : 512;
+    if (TB < rows->ctx) TB = rows->ctx;
+    if (st->group > 0) {
+        int k = 0;
+        for (int r = st->row; r < st->block_end; r++) k += cr_row_counted(m, rows, r, sp->newline_id);
+        if (TB < k) TB = k;
+    }
     cr_unembed u;
     int rc = cr_unembed_make(m, &u, err);
     if (rc) return rc;
@@ -5063,13 +5366,15 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
     float *XW = cr_malloc((size_t)TB * (size_t)NS, sizeof *XW);               /* [TB, NS] <x~, w~> */
     float *Z0 = cr_malloc((size_t)TB * (size_t)V, sizeof *Z0);                /* [TB, V] */
     float *G = cr_malloc((size_t)NB * (size_t)V, sizeof *G);                  /* [NB, V] */
-    cr_tok_state *ts = cr_malloc((size_t)TB, sizeof *ts);
-    float *resid = cr_malloc((size_t)rows->ctx * (size_t)d, sizeof *resid), *scale = cr_malloc((size_t)rows->ctx, sizeof *scale);
-    float *act = cr_malloc((size_t)rows->ctx * (size_t)f, sizeof *act);
+    double *kl0 = cr_malloc((size_t)TB, sizeof *kl0);                         /* [TB] clean KL(P_freq || p) */
+    cr_tok_state *ts = cr_malloc((size_t)TB, sizeof *ts);                     /* [TB] */
+    float *resid = cr_malloc((size_t)rows->ctx * (size_t)d, sizeof *resid);  /* [ctx, d] */
+    float *scale = cr_malloc((size_t)rows->ctx, sizeof *scale);               /* [ctx] */
+    float *act = cr_malloc((size_t)rows->ctx * (size_t)f, sizeof *act);       /* [ctx, f] */
     float **mlp = cr_calloc((size_t)c->n_layers, sizeof *mlp);
-    if (!w || !w2 || !X || !A || !XW || !Z0 || !G || !ts || !resid || !scale || !act || !mlp) { rc = cr_fail(err, CR_ENOMEM, "out of memory for the ablation buffers (token block %d)", TB); goto done; }
+    if (!w || !w2 || !X || !A || !XW || !Z0 || !G || !kl0 || !ts || !resid || !scale || !act || !mlp) { rc = cr_fail(err, CR_ENOMEM, "out of memory for the ablation buffers (token block %d)", TB); goto done; }
     for (int j = 0; j < NS; j++) {
-        memcpy(w + (size_t)j * (size_t)d, wall + (size_t)sp->neurons[j] * (size_t)d, (size_t)d * sizeof *w);
+        memcpy(w + (size_t)j * (size_t)d, wall + (size_t)neurons[j] * (size_t)d, (size_t)d * sizeof *w);
         double q = 0;
         for (int i = 0; i < d; i++) q += (double)w[(size_t)j * d + i] * w[(size_t)j * d + i];
         w2[j] = q;
@@ -5078,21 +5383,26 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
     if (fd) for (int t = 0; t < V; t++) vb += (double)fd->v[t] * u.b[t], pb += (double)fd->p[t] * u.b[t], vabs = fmax(vabs, fabs(fd->v[t]));
     if ((rc = cr_session_open(m, rows->ctx, sp->n_threads, &s, err))) goto done;
     mlp[L] = act;
-    int r = 0, tok_in_row = 0;
     const int32_t bos = c->bos_id, eos = c->eos_id;
-    while (r < rows->n_rows) {
-        /* Fill a block of counted tokens from as many rows as it takes. */
+    while (st->row < st->r1) {
+        /* The block: rows [row, block_end). */
+        if (st->group == 0) {
+            int re = st->row, k = 0;
+            while (re < st->r1) {
+                int kr = cr_row_counted(m, rows, re, sp->newline_id);
+                if (re > st->row && k + kr > TB) break;
+                k += kr, re++;
+            }
+            st->block_end = re;
+        }
         int nt = 0;
-        while (nt < TB && r < rows->n_rows) {
+        for (int r = st->row; r < st->block_end; r++) {
             const int32_t *ids = rows->ids + (size_t)r * (size_t)rows->ctx;
             int n = rows->len[r];
-            if (tok_in_row == 0) {
-                cr_capture cap = {0};
-                cap.resid_final = resid, cap.norm_scale = scale, cap.mlp_post = mlp;
-                if ((rc = cr_forward(s, ids, n, 0, &cap, err))) goto done;
-            }
-            for (; tok_in_row < n && nt < TB; tok_in_row++) {
-                int t = tok_in_row;
+            cr_capture cap = {0};
+            cap.resid_final = resid, cap.norm_scale = scale, cap.mlp_post = mlp;
+            if ((rc = cr_forward(s, ids, n, 0, &cap, err))) goto done;
+            for (int t = 0; t < n; t++) {
                 if (!cr_token_counts(ids, n, t, rows->ctx, bos, eos, sp->newline_id)) continue;
                 float *xt = X + (size_t)nt * (size_t)d;
                 double mean = 0;
@@ -5100,43 +5410,49 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                 mean = c->rms_norm ? 0.0 : mean / d;
                 for (int i = 0; i < d; i++) xt[i] = (float)(resid[(size_t)t * d + i] - mean);
                 ts[nt].s = scale[t], ts[nt].inv_s = 1.0f / scale[t], ts[nt].target = ids[t + 1];
-                for (int j = 0; j < NS; j++) A[(size_t)nt * NS + j] = act[(size_t)t * f + sp->neurons[j]];
+                for (int j = 0; j < NS; j++) A[(size_t)nt * NS + j] = act[(size_t)t * f + neurons[j]];
                 nt++;
             }
-            if (tok_in_row >= n) r++, tok_in_row = 0;
         }
-        if (nt == 0) break;
+        if (nt == 0) {
+            st->row = st->block_end, st->group = 0;
+            if (hook && st->row < st->r1 && hook(user, st)) { rc = cr_fail(err, CR_EINTR, "interrupted"); goto done; }
+            continue;
+        }
         cr_times_unembed(&u, X, nt, Z0, sp->n_threads);
 #pragma omp parallel for num_threads(cr_threads(sp->n_threads)) schedule(static)
         for (int q = 0; q < nt; q++) {
             const float *z0 = Z0 + (size_t)q * (size_t)V;
-            cr_tok_state *st = &ts[q];
+            cr_tok_state *tq = &ts[q];
             float mx = -INFINITY;
-            for (int t = 0; t < V; t++) mx = fmaxf(mx, fmaf(z0[t], st->inv_s, u.b[t]));
+            for (int t = 0; t < V; t++) mx = fmaxf(mx, fmaf(z0[t], tq->inv_s, u.b[t]));
             double zv = 0, zp = 0;
             if (fd)
                 for (int t = 0; t < V; t++) zv += (double)fd->v[t] * z0[t], zp += (double)fd->p[t] * z0[t];
             /* The clean statistics go through the same kernel as the ablated ones, so that the
              * exponential's own small error cancels in every difference. */
-            cr_fused_par cp = {0.0f, st->inv_s, st->inv_s, 0.0f, mx, mx, mx, 0};
+            cr_fused_par cp = {0.0f, tq->inv_s, tq->inv_s, 0.0f, mx, mx, mx, 0};
             double ca[5] = {0, 0, 0, 0, 0};
             for (int c0 = 0; c0 < V; c0 += CH) cr_fused_chunk(z0 + c0, z0 + c0, u.b + c0, NULL, c0 + CH < V ? CH : V - c0, &cp, ca);
             double se = ca[0], sez = ca[1];
-            st->lse = mx + log(se), st->h = log(se) - sez / se;
+            tq->lse = mx + log(se), tq->h = log(se) - sez / se;
             float za = 0;
             for (int t = 0; t < V; t++) za = fmaxf(za, fabsf(z0[t]));
-            st->zmax = mx, st->z0abs = za;
-            st->zy = (double)z0[st->target] * st->inv_s + u.b[st->target];
-            st->zv = zv, st->zp = zp;   /* of z0; scaled per variant below */
+            tq->zmax = mx, tq->z0abs = za;
+            tq->zy = (double)z0[tq->target] * tq->inv_s + u.b[tq->target];
+            tq->zv = zv, tq->zp = zp;   /* of z0; scaled per variant below */
+            kl0[q] = fd ? fd->plogp - (zp * tq->inv_s + pb) + tq->lse : 0.0;
             for (int j = 0; j < NS; j++) XW[(size_t)q * NS + j] = cr_dot_f32(X + (size_t)q * d, w + (size_t)j * d, d);
         }
-        for (int j0 = 0; j0 < NS; j0 += NB) {
+        /* A resumed block has its clean statistics counted already. */
+        if (fd && st->group == 0)
+            for (int q = 0; q < nt; q++) cr_corr_add(&st->corr, ts[q].h, kl0[q]);
+        for (int j0 = st->group; j0 < NS; j0 += NB) {
             int nb = j0 + NB < NS ? NB : NS - j0;
             cr_times_unembed(&u, w + (size_t)j0 * (size_t)d, nb, G, sp->n_threads);
             /* Tiles of TN neurons x TQ tokens walk the vocabulary in cache-sized chunks, so each
              * chunk of z0 and g is loaded once for a whole tile.  Threads take whole neuron
-             * tiles and every neuron sums its tokens in order: results do not depend on the
-             * thread count. */
+             * tiles; each neuron's sums are exact, so nothing depends on the thread count. */
             const int n_tiles = (nb + TN - 1) / TN;
 #pragma omp parallel for num_threads(cr_threads(sp->n_threads)) schedule(dynamic, 1)
             for (int tile = 0; tile < n_tiles; tile++) {
@@ -5158,14 +5474,14 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                     for (int j = ja; j < jb; j++)
                         for (int q = q0; q < q1; q++) {
                             const int k = (j - ja) * TQ + (q - q0), J = j0 + j;
-                            const cr_tok_state *st = &ts[q];
-                            double dl = mean_act[sp->neurons[J]] - A[(size_t)q * NS + J];
-                            double s2t = (double)st->s * st->s + (2.0 * dl * XW[(size_t)q * NS + J] + dl * dl * w2[J]) / d;
-                            double it = dl == 0 ? (double)st->inv_s : 1.0 / sqrt(s2t), cf = 0;
-                            if (fd) cf = (st->zv * st->inv_s + vb) - ((st->zv + dl * gv[j - ja]) * it + vb);
-                            double sh_t = st->zmax + st->z0abs * fabs(it - st->inv_s) + fabs(dl) * gabs[j - ja] * it;
-                            double sh_d = st->zmax + fabs(dl) * gabs[j - ja] * st->inv_s;
-                            cr_fused_par pp = {(float)dl, (float)it, st->inv_s, (float)cf, (float)sh_t, (float)sh_d, (float)(sh_t + fabs(cf) * vabs), fd != NULL};
+                            const cr_tok_state *tq = &ts[q];
+                            double dl = mean_act[neurons[J]] - A[(size_t)q * NS + J];
+                            double s2t = (double)tq->s * tq->s + (2.0 * dl * XW[(size_t)q * NS + J] + dl * dl * w2[J]) / d;
+                            double it = dl == 0 ? (double)tq->inv_s : 1.0 / sqrt(s2t), cf = 0;
+                            if (fd) cf = (tq->zv * tq->inv_s + vb) - ((tq->zv + dl * gv[j - ja]) * it + vb);
+                            double sh_t = tq->zmax + tq->z0abs * fabs(it - tq->inv_s) + fabs(dl) * gabs[j - ja] * it;
+                            double sh_d = tq->zmax + fabs(dl) * gabs[j - ja] * tq->inv_s;
+                            cr_fused_par pp = {(float)dl, (float)it, tq->inv_s, (float)cf, (float)sh_t, (float)sh_d, (float)(sh_t + fabs(cf) * vabs), fd != NULL};
                             par[k] = pp;
                             inv_t[k] = it, delta[k] = dl, cfv[k] = cf;
                             for (int x = 0; x < 5; x++) accs[k][x] = 0;
@@ -5181,7 +5497,7 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                     for (int j = ja; j < jb; j++)
                         for (int q = q0; q < q1; q++) {
                             const int k = (j - ja) * TQ + (q - q0), J = j0 + j;
-                            const cr_tok_state *st = &ts[q];
+                            const cr_tok_state *tq = &ts[q];
                             const float *z0 = Z0 + (size_t)q * V, *g = G + (size_t)j * V;
                             double *ac = accs[k];
                             double lse_t = par[k].shift_t + log(ac[0]), h_t = log(ac[0]) - ac[1] / ac[0];
@@ -5194,23 +5510,25 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                                 cr_fused_ablation_scalar(z0, g, u.b, fd ? fd->v : NULL, V, par[k].delta, par[k].inv_t, par[k].inv_d, par[k].cf, &fo);
                                 lse_t = fo.lse_t, h_t = fo.h_t, lse_d = fo.lse_d, h_d = fo.h_d, lse_f = fo.lse_f;
                             }
-                            double ay = z0[st->target] + delta[k] * g[st->target];
-                            double zty = ay * inv_t[k] + u.b[st->target], zdy = ay * st->inv_s + u.b[st->target];
-                            double l0 = st->lse - st->zy, lt = lse_t - zty, ld = lse_d - zdy, dkl = 0, lf = 0;
+                            double ay = z0[tq->target] + delta[k] * g[tq->target];
+                            double zty = ay * inv_t[k] + u.b[tq->target], zdy = ay * tq->inv_s + u.b[tq->target];
+                            double l0 = tq->lse - tq->zy, lt = lse_t - zty, ld = lse_d - zdy, dkl = 0, lf = 0;
                             if (fd) {
-                                double kl0 = fd->plogp - (st->zp * st->inv_s + pb) + st->lse;
-                                double klt = fd->plogp - ((st->zp + delta[k] * gp[j - ja]) * inv_t[k] + pb) + lse_t;
-                                dkl = klt - kl0;
-                                lf = lse_f - (zty + cfv[k] * fd->v[st->target]);
+                                double klt = fd->plogp - ((tq->zp + delta[k] * gp[j - ja]) * inv_t[k] + pb) + lse_t;
+                                dkl = klt - kl0[q];
+                                lf = lse_f - (zty + cfv[k] * fd->v[tq->target]);
                             }
-                            cr_acc_add(&acc[J], lt - l0, ld - l0, h_t - st->h, h_d - st->h, dkl, fd ? lf - l0 : 0);
+                            cr_acc_add(&st->acc[J], lt - l0, ld - l0, h_t - tq->h, h_d - tq->h, dkl, fd ? lf - l0 : 0);
                         }
                 }
             }
+            st->group = j0 + nb;
+            if (st->group >= NS) st->row = st->block_end, st->group = 0;
+            if (hook && st->row < st->r1 && hook(user, st)) { rc = cr_fail(err, CR_EINTR, "interrupted"); goto done; }
         }
     }
 done:
-    free(w), free(w2), free(X), free(A), free(XW), free(Z0), free(G), free(ts), free(resid), free(scale), free(act), free(mlp), free(wall);
+    free(w), free(w2), free(X), free(A), free(XW), free(Z0), free(G), free(kl0), free(ts), free(resid), free(scale), free(act), free(mlp), free(wall);
     cr_session_close(s);
     cr_unembed_free(&u);
     return rc;
@@ -5235,28 +5553,37 @@ static void cr_stats_of(const float *z, int V, const cr_freqdir *fd, double *lse
     }
 }
 
-static int cr_ablate_brute(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, const double *mean_act,
-                           cr_ablate_acc *acc, cr_err *err) {
+static int cr_ablate_brute(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, cr_scan *st, cr_scan_hook hook, void *user, cr_err *err) {
     const cr_config *c = &m->cfg;
     const int d = c->d_model, V = c->n_vocab, P = rows->ctx;
     const cr_freqdir *fd = sp->fd;
     cr_session *s;
     int rc = cr_session_open(m, P, sp->n_threads, &s, err);
     if (rc) return rc;
-    float *z0 = cr_malloc((size_t)P * (size_t)V, sizeof *z0), *z1 = cr_malloc((size_t)P * (size_t)V, sizeof *z1);
-    float *sc0 = cr_malloc((size_t)P, sizeof *sc0), *x1 = cr_malloc((size_t)P * (size_t)d, sizeof *x1);
+    float *z0 = cr_malloc((size_t)P * (size_t)V, sizeof *z0), *z1 = cr_malloc((size_t)P * (size_t)V, sizeof *z1);   /* [P, V] */
+    float *sc0 = cr_malloc((size_t)P, sizeof *sc0), *x1 = cr_malloc((size_t)P * (size_t)d, sizeof *x1);              /* [P], [P, d] */
     float *h = cr_malloc((size_t)d, sizeof *h), *zd = cr_malloc((size_t)V, sizeof *zd), *zf = cr_malloc((size_t)V, sizeof *zf);
-    float *orow = cr_malloc((size_t)V * (size_t)d, sizeof *orow);
-    if (!z0 || !z1 || !sc0 || !x1 || !h || !zd || !zf || !orow) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
+    float *orow = cr_malloc((size_t)V * (size_t)d, sizeof *orow);                                                  /* [V, d] */
+    double *clean = cr_malloc((size_t)P * 3, sizeof *clean);                                                       /* [P, 3] lse, H, KL */
+    if (!z0 || !z1 || !sc0 || !x1 || !h || !zd || !zf || !orow || !clean) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
     for (int t = 0; t < V; t++) cr_mat_row(&m->output, t, orow + (size_t)t * (size_t)d);
-    for (int r = 0; r < rows->n_rows && !rc; r++) {
+    while (st->row < st->r1 && !rc) {
+        const int r = st->row;
         const int32_t *ids = rows->ids + (size_t)r * (size_t)rows->ctx;
         int n = rows->len[r];
         cr_capture cap = {0};
         cap.logits = z0, cap.norm_scale = sc0;
         if ((rc = cr_forward(s, ids, n, 0, &cap, err))) break;
-        for (int j = 0; j < sp->n_neurons && !rc; j++) {
-            cr_set_neuron sn = {sp->layer, sp->neurons[j], (float)mean_act[sp->neurons[j]]};
+        for (int t = 0; t < n; t++) {
+            double *cl = clean + 3 * (size_t)t;
+            cl[2] = 0;
+            cr_stats_of(z0 + (size_t)t * V, V, fd, &cl[0], &cl[1], &cl[2]);
+            /* A resumed row has its clean statistics counted already. */
+            if (fd && st->group == 0 && cr_token_counts(ids, n, t, rows->ctx, c->bos_id, c->eos_id, sp->newline_id)) cr_corr_add(&st->corr, cl[1], cl[2]);
+        }
+        st->block_end = r + 1;
+        for (int j = st->group; j < st->n_neurons && !rc; j++) {
+            cr_set_neuron sn = {st->layer, st->neurons[j], (float)st->mean[st->neurons[j]]};
             cr_capture ce = {0};
             ce.logits = z1, ce.resid_final = x1, ce.mlp_edit = cr_set_neuron_hook, ce.user = &sn;
             if ((rc = cr_forward(s, ids, n, 0, &ce, err))) break;
@@ -5264,8 +5591,8 @@ static int cr_ablate_brute(const cr_model *m, const cr_rows *rows, const cr_abla
                 if (!cr_token_counts(ids, n, t, rows->ctx, c->bos_id, c->eos_id, sp->newline_id)) continue;
                 const float *zc = z0 + (size_t)t * V, *zt = z1 + (size_t)t * V;
                 int32_t y = ids[t + 1];
-                double lse0, h0, kl0 = 0, lse1, h1, kl1 = 0, lsed, hd, lsef = 0, hf;
-                cr_stats_of(zc, V, fd, &lse0, &h0, &kl0);
+                const double lse0 = clean[3 * (size_t)t], h0 = clean[3 * (size_t)t + 1], kl0 = clean[3 * (size_t)t + 2];
+                double lse1, h1, kl1 = 0, lsed, hd, lsef = 0, hf;
                 cr_stats_of(zt, V, fd, &lse1, &h1, &kl1);
                 /* Direct effect: recompute the final norm with the clean scale. */
                 const float *xt = x1 + (size_t)t * d;
@@ -5284,39 +5611,233 @@ static int cr_ablate_brute(const cr_model *m, const cr_rows *rows, const cr_abla
                     lf = lsef - zf[y];
                 }
                 double l0 = lse0 - zc[y];
-                cr_acc_add(&acc[j], (lse1 - zt[y]) - l0, (lsed - zd[y]) - l0, h1 - h0, hd - h0, kl1 - kl0, fd ? lf - l0 : 0);
+                cr_acc_add(&st->acc[j], (lse1 - zt[y]) - l0, (lsed - zd[y]) - l0, h1 - h0, hd - h0, kl1 - kl0, fd ? lf - l0 : 0);
             }
+            if (rc) break;
+            st->group = j + 1;
+            if (st->group >= st->n_neurons) st->row = r + 1, st->group = 0;
+            if (hook && st->row < st->r1 && hook(user, st)) rc = cr_fail(err, CR_EINTR, "interrupted");
         }
     }
 done:
-    free(z0), free(z1), free(sc0), free(x1), free(h), free(zd), free(zf), free(orow);
+    free(z0), free(z1), free(sc0), free(x1), free(h), free(zd), free(zf), free(orow), free(clean);
     cr_session_close(s);
     return rc;
 }
 
-/* Runs the scan; rows_out[j] receives neuron sp->neurons[j]'s effects and mean activation. */
-static int cr_ablate(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, cr_neuron_row *out, int64_t *mean_tokens, cr_err *err) {
+/* Runs (or resumes) a scan to the end.  The hook, if any, is called at every safe point. */
+static int cr_scan_run(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, cr_scan *st, cr_scan_hook hook, void *user, cr_err *err) {
     const cr_config *c = &m->cfg;
-    if (sp->layer != c->n_layers - 1)
-        return cr_fail(err, CR_EINVAL, "layer %d: ablation acts through the final norm, so only final-layer (%d) neurons are supported", sp->layer, c->n_layers - 1);
-    for (int j = 0; j < sp->n_neurons; j++)
-        if (sp->neurons[j] < 0 || sp->neurons[j] >= c->d_mlp)
-            return cr_fail(err, CR_EINVAL, "neuron %d.%d is out of range (layer %d has %d neurons)", sp->layer, sp->neurons[j], sp->layer, c->d_mlp);
+    if (st->layer != c->n_layers - 1)
+        return cr_fail(err, CR_EINVAL, "layer %d: ablation acts through the final norm, so only final-layer (%d) neurons are supported", st->layer, c->n_layers - 1);
+    for (int j = 0; j < st->n_neurons; j++)
+        if (st->neurons[j] < 0 || st->neurons[j] >= c->d_mlp)
+            return cr_fail(err, CR_EINVAL, "neuron %d.%d is out of range (layer %d has %d neurons)", st->layer, st->neurons[j], st->layer, c->d_mlp);
     if (sp->fd && sp->fd->V != c->n_vocab)
         return cr_fail(err, CR_EINVAL, "unigram counts cover %d tokens but the model's vocabulary is %d", sp->fd->V, c->n_vocab);
-    double *mean = cr_malloc((size_t)c->d_mlp, sizeof *mean);
-    cr_ablate_acc *acc = cr_calloc((size_t)(sp->n_neurons > 0 ? sp->n_neurons : 1), sizeof *acc);
-    if (!mean || !acc) { free(mean), free(acc); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    if (st->d_mlp != c->d_mlp || st->n_rows != rows->n_rows || st->r1 > rows->n_rows)
+        return cr_fail(err, CR_EINVAL, "the scan state does not fit this model and these rows");
+    double t0 = cr_now();
     int rc = CR_OK;
-    if (sp->mean_act) memcpy(mean, sp->mean_act, (size_t)c->d_mlp * sizeof *mean);
-    else rc = cr_mean_activations(m, rows, sp->layer, sp->n_threads, mean, mean_tokens, err);
-    if (!rc) rc = sp->exact_recompute ? cr_ablate_brute(m, rows, sp, mean, acc, err) : cr_ablate_fast(m, rows, sp, mean, acc, err);
-    for (int j = 0; !rc && j < sp->n_neurons; j++) {
-        out[j].layer = sp->layer, out[j].index = sp->neurons[j];
-        out[j].mean_act = mean[sp->neurons[j]];
-        cr_acc_finish(&acc[j], sp->fd != NULL, &out[j]);
+    if (st->phase == CR_SCAN_MEAN) rc = cr_scan_mean_pass(m, rows, sp, st, hook, user, err);
+    if (!rc && st->phase == CR_SCAN_EFFECTS) {
+        rc = sp->exact_recompute ? cr_ablate_brute(m, rows, sp, st, hook, user, err) : cr_ablate_fast(m, rows, sp, st, hook, user, err);
+        if (!rc) st->phase = CR_SCAN_DONE;
     }
-    free(mean), free(acc);
+    st->seconds += cr_now() - t0;
+    return rc;
+}
+
+/* The whole scan in one call; out[j] receives neuron sp->neurons[j]'s effects and mean. */
+CR_UNUSED static int cr_ablate(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, cr_neuron_row *out, int64_t *mean_tokens, cr_err *err) {
+    cr_scan st;
+    int rc = cr_scan_init(&st, m, rows, sp, 0, rows->n_rows, err);
+    if (rc) return rc;
+    if (!(rc = cr_scan_run(m, rows, sp, &st, NULL, NULL, err))) {
+        cr_scan_results(&st, sp->fd != NULL, out);
+        if (mean_tokens) *mean_tokens = st.mean_tokens;
+    }
+    cr_scan_free(&st);
+    return rc;
+}
+
+/* State files, "CRSCAN01" (little-endian): u64 fingerprint; u32 layer, d_mlp, n_rows, r0, r1,
+ * n_neurons, phase, row, block_end, group; u32 neurons[n_neurons]; f64 seconds; u64
+ * mean_count; f64 mean_sum[d_mlp]; u64 mean_tokens; f64 mean[d_mlp]; per neuron u64 n and 8
+ * exact sums; the correlation's u64 n and 5 exact sums; u32 has_weights and, if set, per
+ * neuron f64 norm, logit_var, rho, freq_cos and u32 flags; the caller's text (u32 length,
+ * bytes); u64 FNV-1a of everything before it. */
+static int cr_scan_save(const cr_scan *st, const char *path, cr_err *err) {
+    cr_bw b = {0};
+    cr_bw_bytes(&b, "CRSCAN01", 8);
+    cr_bw_u64(&b, st->fingerprint);
+    const int hdr[10] = {st->layer, st->d_mlp, st->n_rows, st->r0, st->r1, st->n_neurons, st->phase, st->row, st->block_end, st->group};
+    for (int i = 0; i < 10; i++) cr_bw_u32(&b, (uint32_t)hdr[i]);
+    for (int j = 0; j < st->n_neurons; j++) cr_bw_u32(&b, (uint32_t)st->neurons[j]);
+    cr_bw_f64(&b, st->seconds);
+    cr_bw_u64(&b, (uint64_t)st->mean_count);
+    for (int i = 0; i < st->d_mlp; i++) cr_bw_f64(&b, st->mean_sum[i]);
+    cr_bw_u64(&b, (uint64_t)st->mean_tokens);
+    for (int i = 0; i < st->d_mlp; i++) cr_bw_f64(&b, st->mean[i]);
+    for (int j = 0; j < st->n_neurons; j++) {
+        cr_bw_u64(&b, (uint64_t)st->acc[j].n);
+        for (int k = 0; k < CR_ACC_SUMS; k++) cr_xs_write(&b, &st->acc[j].s[k]);
+    }
+    cr_bw_u64(&b, (uint64_t)st->corr.n);
+    for (int k = 0; k < CR_CORR_SUMS; k++) cr_xs_write(&b, &st->corr.s[k]);
+    cr_bw_u32(&b, st->wt != NULL);
+    for (int j = 0; st->wt && j < st->n_neurons; j++) {
+        const cr_neuron_row *w = &st->wt[j];
+        cr_bw_f64(&b, w->norm), cr_bw_f64(&b, w->logit_var), cr_bw_f64(&b, w->rho), cr_bw_f64(&b, w->freq_cos);
+        cr_bw_u32(&b, (uint32_t)(w->has_weights | w->has_freq_cos << 1));
+    }
+    cr_bw_str(&b, st->meta);
+    cr_bw_u64(&b, cr_fnv64(b.p, b.n, 0xcbf29ce484222325ull));
+    int rc;
+    if (b.failed) rc = cr_fail(err, CR_ENOMEM, "%s: out of memory", path);
+    else {
+        cr_outfile o;
+        if (!(rc = cr_outfile_open(&o, path, err))) {
+            int ok = fwrite(b.p, 1, b.n, o.f) == b.n;
+            rc = cr_outfile_close(&o, ok, err);
+            if (!ok && !rc) rc = cr_fail(err, CR_EIO, "%s: write error", path);
+        }
+    }
+    free(b.p);
+    return rc;
+}
+
+static int cr_scan_load(cr_scan *st, const char *path, cr_err *err) {
+    memset(st, 0, sizeof *st);
+    cr_map mp;
+    int rc = cr_map_open(&mp, path, err);
+    if (rc) return rc;
+    cr_br r = {mp.data, 0, mp.size, 0};
+    if (mp.size < 16 || memcmp(mp.data, "CRSCAN01", 8)) { rc = cr_fail(err, CR_EFORMAT, "%s: not a confreg scan state (bad magic)", path); goto out; }
+    if (cr_fnv64(mp.data, mp.size - 8, 0xcbf29ce484222325ull) != cr_rd64(mp.data + mp.size - 8)) {
+        rc = cr_fail(err, CR_EFORMAT, "%s: scan state is corrupt or truncated (checksum mismatch)", path);
+        goto out;
+    }
+    r.size = mp.size - 8;
+    cr_br_take(&r, 8);
+    uint64_t fp = cr_br_u64(&r);
+    int hdr[10];
+    for (int i = 0; i < 10; i++) hdr[i] = (int)cr_br_count(&r, INT32_MAX);
+    int layer = hdr[0], f = hdr[1], nr = hdr[2], r0 = hdr[3], r1 = hdr[4], ns = hdr[5], ph = hdr[6], row = hdr[7], be = hdr[8], grp = hdr[9];
+    if (r.bad || layer >= CR_MAX_LAYERS || f < 1 || f > CR_MAX_DIM || ns < 1 || ns > f || r0 > r1 || r1 > nr || ph > CR_SCAN_DONE ||
+        (ph == CR_SCAN_MEAN && (row > nr || grp)) || (ph != CR_SCAN_MEAN && (row < r0 || row > r1 || be < row || be > r1 || grp >= ns || (grp && be == row))) ||
+        (uint64_t)r.size < 8ull * (uint64_t)f * 2 + 4ull * (uint64_t)ns) {
+        rc = cr_fail(err, CR_EFORMAT, "%s: scan state has inconsistent sizes or progress", path);
+        goto out;
+    }
+    if ((rc = cr_scan_alloc(st, f, ns, err))) goto out;
+    st->fingerprint = fp, st->layer = layer, st->n_rows = nr, st->r0 = r0, st->r1 = r1, st->phase = ph, st->row = row, st->block_end = be, st->group = grp;
+    unsigned char *seen = cr_calloc((size_t)f, 1);
+    if (!seen) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto out; }
+    for (int j = 0; j < ns; j++) {
+        uint32_t v = cr_br_u32(&r);
+        if (v >= (uint32_t)f || seen[v]) r.bad = 1;
+        else seen[v] = 1, st->neurons[j] = (int)v;
+    }
+    free(seen);
+    st->seconds = cr_br_f64(&r);
+    st->mean_count = (int64_t)cr_br_u64(&r);
+    for (int i = 0; i < f; i++) st->mean_sum[i] = cr_br_f64(&r);
+    st->mean_tokens = (int64_t)cr_br_u64(&r);
+    for (int i = 0; i < f; i++) st->mean[i] = cr_br_f64(&r);
+    for (int j = 0; j < ns && !r.bad; j++) {
+        st->acc[j].n = (int64_t)cr_br_u64(&r);
+        for (int k = 0; k < CR_ACC_SUMS; k++) cr_xs_read(&r, &st->acc[j].s[k]);
+        if (st->acc[j].n < 0) r.bad = 1;
+    }
+    st->corr.n = (int64_t)cr_br_u64(&r);
+    for (int k = 0; k < CR_CORR_SUMS; k++) cr_xs_read(&r, &st->corr.s[k]);
+    if (st->mean_count < 0 || st->mean_tokens < 0 || st->corr.n < 0) r.bad = 1;
+    if (cr_br_u32(&r) && !r.bad) {
+        if (!(st->wt = cr_calloc((size_t)ns, sizeof *st->wt))) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto out; }
+        for (int j = 0; j < ns; j++) {
+            cr_neuron_row *w = &st->wt[j];
+            w->norm = cr_br_f64(&r), w->logit_var = cr_br_f64(&r), w->rho = cr_br_f64(&r), w->freq_cos = cr_br_f64(&r);
+            uint32_t fl = cr_br_u32(&r);
+            w->has_weights = fl & 1, w->has_freq_cos = fl >> 1 & 1;
+        }
+    }
+    st->meta = cr_br_str(&r);
+    if (r.bad || r.pos != r.size) rc = cr_fail(err, CR_EFORMAT, "%s: scan state is malformed (bad counts, sums or trailing bytes)", path);
+out:
+    cr_map_close(&mp);
+    if (rc) cr_scan_free(st);
+    return rc;
+}
+
+/* Merges finished scans of the same fingerprint into one over every row: each neuron's parts
+ * must cover the rows exactly once.  The correlation sums come from the parts of the first
+ * neuron (every part holding a row range holds the same clean statistics for it). */
+static int cr_scan_merge(cr_scan *const *parts, const char *const *names, int n_parts, cr_scan *out, cr_err *err) {
+    memset(out, 0, sizeof *out);
+    if (n_parts < 1) return cr_fail(err, CR_EINVAL, "nothing to merge");
+    const cr_scan *p0 = parts[0];
+    for (int i = 0; i < n_parts; i++) {
+        const cr_scan *p = parts[i];
+        if (p->phase != CR_SCAN_DONE)
+            return cr_fail(err, CR_EINVAL, "%s: unfinished (rows %d..%d, %s): run its command again to finish it", names[i], p->r0, p->r1,
+                           p->phase == CR_SCAN_MEAN ? "still computing the means" : "effects in progress");
+        if (p->fingerprint != p0->fingerprint || p->layer != p0->layer || p->d_mlp != p0->d_mlp || p->n_rows != p0->n_rows)
+            return cr_fail(err, CR_EINVAL, "%s and %s come from different scans (model, text, options or mean source differ)", names[0], names[i]);
+        if (memcmp(p->mean, p0->mean, (size_t)p0->d_mlp * sizeof *p0->mean))
+            return cr_fail(err, CR_EINVAL, "%s and %s ablated to different mean activations", names[0], names[i]);
+        if ((p->wt != NULL) != (p0->wt != NULL))
+            return cr_fail(err, CR_EINVAL, "%s and %s were made with different options", names[0], names[i]);
+    }
+    const int f = p0->d_mlp, R = p0->n_rows;
+    int *owner = cr_malloc((size_t)f, sizeof *owner), n_out = 0, rc = CR_OK;   /* [f] index in out, or -1 */
+    int *cover = cr_malloc((size_t)R + 1, sizeof *cover);                       /* [R] part covering each row */
+    if (!owner || !cover) { free(owner), free(cover); return cr_fail(err, CR_ENOMEM, "out of memory"); }
+    for (int i = 0; i < f; i++) owner[i] = -1;
+    for (int i = 0; i < n_parts; i++)
+        for (int j = 0; j < parts[i]->n_neurons; j++)
+            if (owner[parts[i]->neurons[j]] < 0) owner[parts[i]->neurons[j]] = 0, n_out++;
+    if ((rc = cr_scan_alloc(out, f, n_out, err))) { free(owner), free(cover); return rc; }
+    /* Neurons in ascending order make the merged state independent of the order of parts. */
+    for (int i = 0, k = 0; i < f; i++)
+        if (owner[i] >= 0) out->neurons[k] = i, owner[i] = k++;
+    out->fingerprint = p0->fingerprint, out->layer = p0->layer, out->n_rows = R, out->r0 = 0, out->r1 = R;
+    out->phase = CR_SCAN_DONE, out->row = out->block_end = R;
+    memcpy(out->mean, p0->mean, (size_t)f * sizeof *out->mean);
+    out->mean_tokens = p0->mean_tokens;
+    for (int i = 0; i < n_parts; i++) out->seconds += parts[i]->seconds;
+    if (p0->meta && !(out->meta = cr_strndup(p0->meta, strlen(p0->meta)))) rc = cr_fail(err, CR_ENOMEM, "out of memory");
+    if (!rc && p0->wt && !(out->wt = cr_calloc((size_t)n_out, sizeof *out->wt))) rc = cr_fail(err, CR_ENOMEM, "out of memory");
+    for (int k = 0; !rc && k < n_out; k++) {
+        const int neuron = out->neurons[k];
+        for (int r = 0; r < R; r++) cover[r] = -1;
+        for (int i = 0; !rc && i < n_parts; i++) {
+            const cr_scan *p = parts[i];
+            int j = 0;
+            while (j < p->n_neurons && p->neurons[j] != neuron) j++;
+            if (j == p->n_neurons) continue;
+            for (int r = p->r0; r < p->r1 && !rc; r++) {
+                if (cover[r] >= 0) rc = cr_fail(err, CR_EINVAL, "neuron %d.%d: row %d is in both %s and %s", out->layer, neuron, r, names[cover[r]], names[i]);
+                cover[r] = i;
+            }
+            if (rc) break;
+            for (int s = 0; s < CR_ACC_SUMS; s++) cr_xs_merge(&out->acc[k].s[s], &p->acc[j].s[s]);
+            out->acc[k].n += p->acc[j].n;
+            if (out->wt) out->wt[k] = p->wt[j];
+            if (k == 0 && p->r1 > p->r0) {
+                for (int s = 0; s < CR_CORR_SUMS; s++) cr_xs_merge(&out->corr.s[s], &p->corr.s[s]);
+                out->corr.n += p->corr.n;
+            }
+        }
+        for (int r = 0; !rc && r < R; r++)
+            if (cover[r] < 0) {
+                int e = r;
+                while (e + 1 < R && cover[e + 1] < 0) e++;
+                rc = cr_fail(err, CR_EINVAL, "neuron %d.%d: rows %d..%d of %d are in no part (a shard is missing)", out->layer, neuron, r, e, R);
+            }
+    }
+    free(owner), free(cover);
+    if (rc) cr_scan_free(out);
     return rc;
 }
 
@@ -5569,7 +6090,15 @@ typedef struct cr_induction_result {
     /* BOS ablation, [n_bos_heads, 8]: clean and ablated means over second-copy positions of
      * activation of neuron 0, final-norm scale, entropy, loss. */
     double *bos;
+    /* Progress, so that a run can be saved and resumed: pass 1 clean runs, 2 clip ablation,
+     * 3 head scores, 4 BOS ablation, 5 done; seq and sub say where within the pass. */
+    int pass, seq, sub;
+    double bos_acc[8];           /* pass 4: sums for head `sub` over sequences [0, seq) */
+    int64_t bos_cnt;
 } cr_induction_result;
+
+/* Called after every sequence (and every layer of pass 3); non-zero stops with CR_EINTR. */
+typedef int (*cr_induction_hook)(void *user, const cr_induction_result *res);
 
 static void cr_induction_result_free(cr_induction_result *r) {
     free(r->entropy), free(r->loss), free(r->act), free(r->rises), free(r->first_mean), free(r->h_ratio), free(r->l_ratio);
@@ -5609,10 +6138,12 @@ static void cr_seq_stats(const float *logits, int V, const int32_t *ids, int T, 
     }
 }
 
-static int cr_induction(const cr_model *m, const cr_induction_spec *sp, cr_induction_result *res, cr_err *err) {
+/* Runs the analysis, or resumes it when res holds a saved state (res->pass > 0). */
+static int cr_induction(const cr_model *m, const cr_induction_spec *sp, cr_induction_result *res, cr_induction_hook hook, void *user, cr_err *err) {
     const cr_config *c = &m->cfg;
     const int N = sp->N, T = 1 + 2 * N, V = c->n_vocab, f = c->d_mlp, Lf = c->n_layers - 1, NN = sp->n_neurons, H = c->n_heads;
-    memset(res, 0, sizeof *res);
+    const int resume = res->pass > 0;
+    if (!resume) memset(res, 0, sizeof *res);
     if (N < 2 || T > c->n_ctx) return cr_fail(err, CR_EINVAL, "induction: [BOS] + 2 x %d tokens does not fit the context of %d", N, c->n_ctx);
     if (c->bos_id < 0) return cr_fail(err, CR_EINVAL, "induction needs a BOS token");
     for (int j = 0; j < NN; j++)
@@ -5620,15 +6151,20 @@ static int cr_induction(const cr_model *m, const cr_induction_spec *sp, cr_induc
     for (int j = 0; j < sp->n_bos_heads; j++)
         if (sp->bos_heads[2 * j] < 0 || sp->bos_heads[2 * j] >= c->n_layers || sp->bos_heads[2 * j + 1] < 0 || sp->bos_heads[2 * j + 1] >= H)
             return cr_fail(err, CR_EINVAL, "head %d.%d out of range (%d layers x %d heads)", sp->bos_heads[2 * j], sp->bos_heads[2 * j + 1], c->n_layers, H);
-    res->T = T;
-    res->entropy = cr_calloc((size_t)T, 8), res->loss = cr_calloc((size_t)T, 8);
-    res->act = cr_calloc((size_t)NN * T + 1, 8), res->rises = cr_calloc((size_t)NN + 1, sizeof(int)), res->first_mean = cr_calloc((size_t)NN + 1, 8);
-    res->h_ratio = cr_calloc((size_t)NN * T + 1, 8), res->l_ratio = cr_calloc((size_t)NN * T + 1, 8), res->clip_entropy = cr_calloc((size_t)NN * T + 1, 8);
-    res->head_score = cr_calloc((size_t)c->n_layers * H, 8), res->bos = cr_calloc((size_t)sp->n_bos_heads * 8 + 1, 8);
+    if (resume && (res->T != T || res->pass > 5 || res->seq < 0 || res->sub < 0 || (res->pass <= 2 && (res->seq > sp->n_seqs || res->sub)) ||
+                   (res->pass == 3 && (res->seq > sp->n_random || res->sub >= c->n_layers)) || (res->pass == 4 && (res->seq >= sp->n_seqs || res->sub > sp->n_bos_heads))))
+        return cr_fail(err, CR_EINVAL, "induction: the saved state does not fit this analysis");
+    if (!resume) {
+        res->T = T, res->pass = 1;
+        res->entropy = cr_calloc((size_t)T, 8), res->loss = cr_calloc((size_t)T, 8);
+        res->act = cr_calloc((size_t)NN * T + 1, 8), res->rises = cr_calloc((size_t)NN + 1, sizeof(int)), res->first_mean = cr_calloc((size_t)NN + 1, 8);
+        res->h_ratio = cr_calloc((size_t)NN * T + 1, 8), res->l_ratio = cr_calloc((size_t)NN * T + 1, 8), res->clip_entropy = cr_calloc((size_t)NN * T + 1, 8);
+        res->head_score = cr_calloc((size_t)c->n_layers * H, 8), res->bos = cr_calloc((size_t)sp->n_bos_heads * 8 + 1, 8);
+    }
     cr_session *s = NULL;
     int32_t *ids = cr_malloc((size_t)T, sizeof *ids);
     float *lg = cr_malloc((size_t)T * V, sizeof *lg), *lg2 = cr_malloc((size_t)T * V, sizeof *lg2), *act = cr_malloc((size_t)T * f, sizeof *act);
-    float *sc = cr_malloc((size_t)T, sizeof *sc), *sc1 = cr_malloc(1, sizeof *sc1), *act1 = cr_malloc((size_t)f, sizeof *act1);
+    float *pat = NULL, *sc = cr_malloc((size_t)T, sizeof *sc), *sc1 = cr_malloc(1, sizeof *sc1), *act1 = cr_malloc((size_t)f, sizeof *act1);
     double *h0 = cr_malloc((size_t)T, 8), *l0 = cr_malloc((size_t)T, 8), *h1 = cr_malloc((size_t)T, 8), *l1 = cr_malloc((size_t)T, 8);
     float **mlp = cr_calloc((size_t)c->n_layers, sizeof *mlp), **attn = cr_calloc((size_t)c->n_layers, sizeof *attn);
     int rc = CR_OK;
@@ -5638,9 +6174,11 @@ static int cr_induction(const cr_model *m, const cr_induction_spec *sp, cr_induc
         goto done;
     }
     if ((rc = cr_session_open(m, T, sp->n_threads, &s, err))) goto done;
+#define CR_IND_STEP() do { if (hook && res->pass < 5 && hook(user, res)) { rc = cr_fail(err, CR_EINTR, "interrupted"); goto done; } } while (0)
     /* Pass 1: clean runs. */
     mlp[Lf] = act;
-    for (int q = 0; q < sp->n_seqs; q++) {
+    while (res->pass == 1 && res->seq < sp->n_seqs) {
+        const int q = res->seq;
         ids[0] = c->bos_id;
         memcpy(ids + 1, sp->seqs + (size_t)q * N, (size_t)N * 4);
         memcpy(ids + 1 + N, sp->seqs + (size_t)q * N, (size_t)N * 4);
@@ -5652,18 +6190,22 @@ static int cr_induction(const cr_model *m, const cr_induction_spec *sp, cr_induc
             res->entropy[t] += h0[t] / sp->n_seqs, res->loss[t] += l0[t] / sp->n_seqs;
             for (int j = 0; j < NN; j++) res->act[(size_t)j * T + t] += act[(size_t)t * f + sp->neurons[j]] / sp->n_seqs;
         }
+        res->seq++;
+        CR_IND_STEP();
     }
     /* The clip value: mean over the first copy (BOS included) of all sequences; the direction:
      * does the mean activation rise on the second copy? */
-    for (int j = 0; j < NN; j++) {
+    for (int j = 0; j < NN && res->pass == 1; j++) {
         double a1 = 0, a2 = 0;
         for (int t = 0; t < 1 + N; t++) a1 += res->act[(size_t)j * T + t];
         for (int t = 1 + N; t < T; t++) a2 += res->act[(size_t)j * T + t];
         res->first_mean[j] = a1 / (1 + N);
         res->rises[j] = a2 / N > a1 / (1 + N);
     }
+    if (res->pass == 1) res->pass = 2, res->seq = 0;
     /* Pass 2: clip ablation, one neuron at a time. */
-    for (int q = 0; q < sp->n_seqs && NN; q++) {
+    while (res->pass == 2 && res->seq < sp->n_seqs && NN) {
+        const int q = res->seq;
         ids[0] = c->bos_id;
         memcpy(ids + 1, sp->seqs + (size_t)q * N, (size_t)N * 4);
         memcpy(ids + 1 + N, sp->seqs + (size_t)q * N, (size_t)N * 4);
@@ -5683,65 +6225,151 @@ static int cr_induction(const cr_model *m, const cr_induction_spec *sp, cr_induc
                 res->clip_entropy[(size_t)j * T + t] += h1[t] / sp->n_seqs;
             }
         }
+        res->seq++;
+        CR_IND_STEP();
     }
-    /* Pass 3: induction-head scores on random repeats. */
+    if (res->pass == 2) res->pass = 3, res->seq = 0, res->sub = 0;
+    /* Pass 3: induction-head scores on random repeats, one layer per step. */
     for (int l = 0; l < c->n_layers; l++) attn[l] = NULL;
-    float *pat = cr_malloc((size_t)H * T * T, sizeof *pat);
-    if (!pat) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }
-    for (int q = 0; q < sp->n_random && !rc; q++) {
+    if (!(pat = cr_malloc((size_t)H * T * T, sizeof *pat))) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto done; }   /* [H, T, T] */
+    while (res->pass == 3 && res->seq < sp->n_random) {
+        const int q = res->seq, l = res->sub;
         ids[0] = c->bos_id;
         memcpy(ids + 1, sp->random_seqs + (size_t)q * N, (size_t)N * 4);
         memcpy(ids + 1 + N, sp->random_seqs + (size_t)q * N, (size_t)N * 4);
-        for (int l = 0; l < c->n_layers && !rc; l++) {
-            for (int k = 0; k < c->n_layers; k++) attn[k] = k == l ? pat : NULL;
-            cr_capture cap = {0};
-            cap.attn = attn;
-            if ((rc = cr_forward(s, ids, T, 0, &cap, err))) break;
-            for (int h = 0; h < H; h++) {
-                double sum = 0;
-                for (int p = 1 + N; p < T; p++) sum += pat[((size_t)h * T + p) * T + (size_t)(p - (N - 1))];
-                res->head_score[(size_t)l * H + h] += sum / N / sp->n_random;
-            }
+        for (int k = 0; k < c->n_layers; k++) attn[k] = k == l ? pat : NULL;
+        cr_capture cap = {0};
+        cap.attn = attn;
+        if ((rc = cr_forward(s, ids, T, 0, &cap, err))) goto done;
+        for (int h = 0; h < H; h++) {
+            double sum = 0;
+            for (int p = 1 + N; p < T; p++) sum += pat[((size_t)h * T + p) * T + (size_t)(p - (N - 1))];
+            res->head_score[(size_t)l * H + h] += sum / N / sp->n_random;
         }
+        if (++res->sub == c->n_layers) res->sub = 0, res->seq++;
+        CR_IND_STEP();
     }
-    free(pat);
-    if (rc) goto done;
-    /* Pass 4: BOS ablation of chosen heads at each second-copy position. */
-    for (int b = 0; b < sp->n_bos_heads; b++) {
+    if (res->pass == 3) res->pass = 4, res->seq = 0, res->sub = 0, res->bos_cnt = 0, memset(res->bos_acc, 0, sizeof res->bos_acc);
+    /* Pass 4: BOS ablation of chosen heads at each second-copy position; one sequence per step. */
+    while (res->pass == 4 && res->sub < sp->n_bos_heads) {
+        const int b = res->sub, q = res->seq;
         cr_bos_edit be = {sp->bos_heads[2 * b], sp->bos_heads[2 * b + 1]};
-        double acc[8] = {0};
-        int64_t cnt = 0;
-        for (int q = 0; q < sp->n_seqs; q++) {
-            ids[0] = c->bos_id;
-            memcpy(ids + 1, sp->seqs + (size_t)q * N, (size_t)N * 4);
-            memcpy(ids + 1 + N, sp->seqs + (size_t)q * N, (size_t)N * 4);
-            mlp[Lf] = act;
-            cr_capture cap = {0};
-            cap.logits = lg, cap.mlp_post = mlp, cap.norm_scale = sc;
-            if ((rc = cr_forward(s, ids, T, 0, &cap, err))) goto done;
-            cr_seq_stats(lg, V, ids, T, h0, l0);
-            for (int p = 1 + N; p < T - 1; p++) {
-                mlp[Lf] = act1;
-                cr_capture ce = {0};
-                ce.logits = lg2, ce.mlp_post = mlp, ce.norm_scale = sc1, ce.attn_edit = cr_bos_hook, ce.user = &be;
-                if ((rc = cr_forward(s, ids + p, 1, p, &ce, err))) goto done;
-                double lse, ent;
-                cr_logits_stats(lg2, V, &lse, &ent);
-                double la = lse - lg2[ids[p + 1]];
-                int i0 = NN ? sp->neurons[0] : 0;
-                acc[0] += act[(size_t)p * f + i0], acc[1] += act1[i0], acc[2] += sc[p], acc[3] += sc1[0];
-                acc[4] += h0[p], acc[5] += ent, acc[6] += l0[p], acc[7] += la;
-                cnt++;
-                /* Put the clean keys and values of position p back for the next position. */
-                cr_capture cc = {0};
-                if ((rc = cr_forward(s, ids + p, 1, p, &cc, err))) goto done;
-            }
+        double *acc = res->bos_acc;
+        ids[0] = c->bos_id;
+        memcpy(ids + 1, sp->seqs + (size_t)q * N, (size_t)N * 4);
+        memcpy(ids + 1 + N, sp->seqs + (size_t)q * N, (size_t)N * 4);
+        mlp[Lf] = act;
+        cr_capture cap = {0};
+        cap.logits = lg, cap.mlp_post = mlp, cap.norm_scale = sc;
+        if ((rc = cr_forward(s, ids, T, 0, &cap, err))) goto done;
+        cr_seq_stats(lg, V, ids, T, h0, l0);
+        for (int p = 1 + N; p < T - 1; p++) {
+            mlp[Lf] = act1;
+            cr_capture ce = {0};
+            ce.logits = lg2, ce.mlp_post = mlp, ce.norm_scale = sc1, ce.attn_edit = cr_bos_hook, ce.user = &be;
+            if ((rc = cr_forward(s, ids + p, 1, p, &ce, err))) goto done;
+            double lse, ent;
+            cr_logits_stats(lg2, V, &lse, &ent);
+            double la = lse - lg2[ids[p + 1]];
+            int i0 = NN ? sp->neurons[0] : 0;
+            acc[0] += act[(size_t)p * f + i0], acc[1] += act1[i0], acc[2] += sc[p], acc[3] += sc1[0];
+            acc[4] += h0[p], acc[5] += ent, acc[6] += l0[p], acc[7] += la;
+            res->bos_cnt++;
+            /* Put the clean keys and values of position p back for the next position. */
+            cr_capture cc = {0};
+            if ((rc = cr_forward(s, ids + p, 1, p, &cc, err))) goto done;
         }
-        for (int k = 0; k < 8; k++) res->bos[(size_t)b * 8 + k] = cnt ? acc[k] / (double)cnt : 0;
+        if (++res->seq == sp->n_seqs) {
+            for (int k = 0; k < 8; k++) res->bos[(size_t)b * 8 + k] = res->bos_cnt ? acc[k] / (double)res->bos_cnt : 0;
+            res->sub++, res->seq = 0, res->bos_cnt = 0;
+            memset(res->bos_acc, 0, sizeof res->bos_acc);
+        }
+        CR_IND_STEP();
     }
+    if (res->pass == 4) res->pass = 5;
+#undef CR_IND_STEP
 done:
+    free(pat);
     cr_session_close(s);
     free(ids), free(lg), free(lg2), free(act), free(sc), free(sc1), free(act1), free(h0), free(l0), free(h1), free(l1), free(mlp), free(attn);
+    if (rc) cr_induction_result_free(res);
+    return rc;
+}
+
+/* Induction state files, "CRINDU01" (little-endian): u64 fingerprint; u32 T, neurons, layers x
+ * heads, BOS heads, pass, seq, sub; f64 bos_acc[8]; u64 bos_cnt; f64 entropy[T], loss[T],
+ * act[neurons x T], first_mean[neurons], h_ratio, l_ratio, clip_entropy [neurons x T],
+ * head_score[layers x heads], bos[BOS heads x 8]; u32 rises[neurons]; u64 FNV-1a of it all. */
+typedef struct cr_ind_dims { int T, NN, LH, NB; } cr_ind_dims;
+
+static void cr_ind_arrays(cr_induction_result *r, const cr_ind_dims *d, double **arr[9], size_t len[9]) {
+    double **a[9] = {&r->entropy, &r->loss, &r->act, &r->first_mean, &r->h_ratio, &r->l_ratio, &r->clip_entropy, &r->head_score, &r->bos};
+    const size_t l[9] = {(size_t)d->T, (size_t)d->T, (size_t)d->NN * d->T, (size_t)d->NN, (size_t)d->NN * d->T, (size_t)d->NN * d->T, (size_t)d->NN * d->T,
+                         (size_t)d->LH, (size_t)d->NB * 8};
+    for (int i = 0; i < 9; i++) arr[i] = a[i], len[i] = l[i];
+}
+
+static int cr_induction_save(const cr_induction_result *res, const cr_ind_dims *d, uint64_t fp, const char *path, cr_err *err) {
+    cr_bw b = {0};
+    cr_bw_bytes(&b, "CRINDU01", 8);
+    cr_bw_u64(&b, fp);
+    const int hdr[7] = {d->T, d->NN, d->LH, d->NB, res->pass, res->seq, res->sub};
+    for (int i = 0; i < 7; i++) cr_bw_u32(&b, (uint32_t)hdr[i]);
+    for (int k = 0; k < 8; k++) cr_bw_f64(&b, res->bos_acc[k]);
+    cr_bw_u64(&b, (uint64_t)res->bos_cnt);
+    double **arr[9];
+    size_t len[9];
+    cr_ind_arrays((cr_induction_result *)res, d, arr, len);
+    for (int i = 0; i < 9; i++)
+        for (size_t k = 0; k < len[i]; k++) cr_bw_f64(&b, (*arr[i])[k]);
+    for (int j = 0; j < d->NN; j++) cr_bw_u32(&b, (uint32_t)res->rises[j]);
+    cr_bw_u64(&b, cr_fnv64(b.p, b.n, 0xcbf29ce484222325ull));
+    int rc;
+    cr_outfile o;
+    if (b.failed) rc = cr_fail(err, CR_ENOMEM, "%s: out of memory", path);
+    else if (!(rc = cr_outfile_open(&o, path, err))) {
+        int ok = fwrite(b.p, 1, b.n, o.f) == b.n;
+        rc = cr_outfile_close(&o, ok, err);
+        if (!ok && !rc) rc = cr_fail(err, CR_EIO, "%s: write error", path);
+    }
+    free(b.p);
+    return rc;
+}
+
+/* Loads a state for exactly these dimensions and fingerprint into a fresh result. */
+static int cr_induction_load(cr_induction_result *res, const cr_ind_dims *d, uint64_t fp, const char *path, cr_err *err) {
+    memset(res, 0, sizeof *res);
+    cr_map mp;
+    int rc = cr_map_open(&mp, path, err);
+    if (rc) return rc;
+    if (mp.size < 16 || memcmp(mp.data, "CRINDU01", 8)) { rc = cr_fail(err, CR_EFORMAT, "%s: not a confreg induction state (bad magic)", path); goto out; }
+    if (cr_fnv64(mp.data, mp.size - 8, 0xcbf29ce484222325ull) != cr_rd64(mp.data + mp.size - 8)) {
+        rc = cr_fail(err, CR_EFORMAT, "%s: induction state is corrupt or truncated (checksum mismatch)", path);
+        goto out;
+    }
+    cr_br r = {mp.data, 8, mp.size - 8, 0};
+    if (cr_br_u64(&r) != fp) { rc = cr_fail(err, CR_EINVAL, "%s: checkpoint of a different induction run (model, text or options differ); remove it to start afresh", path); goto out; }
+    int hdr[7];
+    for (int i = 0; i < 7; i++) hdr[i] = (int)cr_br_count(&r, INT32_MAX);
+    if (r.bad || hdr[0] != d->T || hdr[1] != d->NN || hdr[2] != d->LH || hdr[3] != d->NB || hdr[4] < 1 || hdr[4] > 5) {
+        rc = cr_fail(err, CR_EFORMAT, "%s: induction state has inconsistent sizes", path);
+        goto out;
+    }
+    res->T = d->T, res->pass = hdr[4], res->seq = hdr[5], res->sub = hdr[6];
+    for (int k = 0; k < 8; k++) res->bos_acc[k] = cr_br_f64(&r);
+    res->bos_cnt = (int64_t)cr_br_u64(&r);
+    double **arr[9];
+    size_t len[9];
+    cr_ind_arrays(res, d, arr, len);
+    for (int i = 0; i < 9 && !r.bad; i++) {
+        if (!(*arr[i] = cr_calloc(len[i] + 1, sizeof **arr[i]))) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto out; }
+        for (size_t k = 0; k < len[i]; k++) (*arr[i])[k] = cr_br_f64(&r);
+    }
+    if (!(res->rises = cr_calloc((size_t)d->NN + 1, sizeof *res->rises))) { rc = cr_fail(err, CR_ENOMEM, "out of memory"); goto out; }
+    for (int j = 0; j < d->NN; j++) res->rises[j] = cr_br_u32(&r) != 0;
+    if (r.bad || r.pos != r.size || res->bos_cnt < 0) rc = cr_fail(err, CR_EFORMAT, "%s: induction state is malformed (truncated or trailing bytes)", path);
+out:
+    cr_map_close(&mp);
     if (rc) cr_induction_result_free(res);
     return rc;
 }
@@ -7286,39 +7914,222 @@ static int cmd_unigram(int argc, char **argv) {
 
 /* ---- ablate and freq ---- */
 
-/* Pearson correlation between clean per-token entropy and KL(P_freq || p) on the counted tokens. */
-static int cli_entropy_kl_corr(const cr_model *m, const cr_rows *rows, const cr_freqdir *fd, int32_t nl, int n_threads, double *corr, int64_t *n_out) {
-    cr_session *s;
-    cr_err err;
-    if (cr_session_open(m, rows->ctx, n_threads, &s, &err)) return cli_error("%s", err.msg), 0;
-    const int V = m->cfg.n_vocab;
-    float *lg = cr_malloc((size_t)rows->ctx * (size_t)V, sizeof *lg);
-    double sx = 0, sy = 0, sxx = 0, syy = 0, sxy = 0;
-    int64_t n = 0;
-    int ok = lg != NULL;
-    for (int r = 0; ok && r < rows->n_rows; r++) {
-        const int32_t *ids = rows->ids + (size_t)r * rows->ctx;
-        cr_capture cap = {0};
-        cap.logits = lg;
-        if (cr_forward(s, ids, rows->len[r], 0, &cap, &err)) { ok = 0; cli_error("%s", err.msg); break; }
-        for (int t = 0; t < rows->len[r]; t++) {
-            if (!cr_token_counts(ids, rows->len[r], t, rows->ctx, m->cfg.bos_id, m->cfg.eos_id, nl)) continue;
-            double lse, h, kl;
-            cr_stats_of(lg + (size_t)t * V, V, fd, &lse, &h, &kl);
-            sx += h, sy += kl, sxx += h * h, syy += kl * kl, sxy += h * kl, n++;
-        }
+/* ---- long runs: signals, checkpoints, shards ---------------------------------------------------
+ * SIGINT and SIGTERM ask a running scan to stop at its next safe point, after saving its state
+ * when --checkpoint is given; a second signal ends the program at once.  The flag belongs to
+ * the program: the library only ever sees a hook that it calls at safe points. */
+static volatile sig_atomic_t cli_stop_requested;
+
+static void cli_on_signal(int sig) {
+    if (cli_stop_requested) {
+        signal(sig, SIG_DFL);
+        raise(sig);
+        return;
     }
-    free(lg);
-    cr_session_close(s);
-    double cov = sxy - sx * sy / (double)(n ? n : 1), vx = sxx - sx * sx / (double)(n ? n : 1), vy = syy - sy * sy / (double)(n ? n : 1);
-    *corr = vx > 0 && vy > 0 ? cov / sqrt(vx * vy) : 0;
-    *n_out = n;
-    return ok;
+    cli_stop_requested = 1;
+}
+
+static void cli_catch_signals(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = cli_on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+}
+
+#define CLI_EXIT_INTERRUPTED 130
+
+/* Saves the state every `every` seconds and when a stop is requested. */
+typedef struct cli_ckpt {
+    const char *path;            /* NULL: no checkpoint */
+    double every, last, t_start, base_seconds;
+    int failed;
+    cr_err err;
+} cli_ckpt;
+
+static int cli_scan_hook(void *user, const cr_scan *st) {
+    cli_ckpt *ck = user;
+    const int stop = cli_stop_requested != 0;
+    const double now = cr_now();
+    if (ck->path && (stop || now - ck->last >= ck->every)) {
+        cr_scan snap = *st;   /* shallow: only the running time differs */
+        snap.seconds = ck->base_seconds + (now - ck->t_start);
+        if (cr_scan_save(&snap, ck->path, &ck->err)) { ck->failed = 1; return 1; }
+        ck->last = now;
+    }
+    return stop;
+}
+
+/* Content hash of a model: its configuration and every byte of its files. */
+static uint64_t cli_model_hash(const cr_model *m) {
+    const cr_config *c = &m->cfg;
+    const double cf[] = {c->arch, c->n_layers, c->d_model, c->n_heads, c->n_kv_heads, c->head_dim, c->d_mlp, c->n_vocab, c->n_ctx, c->rms_norm, c->norm_eps,
+                         c->gated_mlp, c->act, c->parallel_block, c->rotary_dims, c->rope_theta, c->rope_interleaved, c->tied_embeddings, c->bos_id, c->eos_id,
+                         c->sliding_window};
+    uint64_t h = cr_hash64(cf, sizeof cf, 0x636f6e66726567ull);
+    for (int i = 0; i < m->tt.n_maps; i++) h = cr_hash64(m->tt.maps[i].data, m->tt.maps[i].size, h);
+    return h;
+}
+
+static uint64_t cli_rows_hash(const cr_rows *rows, uint64_t h) {
+    const int64_t dims[2] = {rows->n_rows, rows->ctx};
+    h = cr_hash64(dims, sizeof dims, h);
+    h = cr_hash64(rows->len, (size_t)rows->n_rows * sizeof *rows->len, h);
+    return cr_hash64(rows->ids, (size_t)rows->n_rows * (size_t)rows->ctx * sizeof *rows->ids, h);
+}
+
+/* What a scan's output needs besides its sums, carried in the state as "key=value" lines so
+ * that `merge` prints exactly what the scan itself would have printed. */
+typedef struct cli_scan_meta {
+    char model[1024], mean_desc[1024];
+    int freq_mode, has_unigram, no_weights, exact, ctx;
+    long k;
+} cli_scan_meta;
+
+static char *cli_meta_text(const cli_scan_meta *mt) {
+    size_t n = strlen(mt->model) + strlen(mt->mean_desc) + 256;
+    char *s = malloc(n);
+    if (!s) return NULL;
+    snprintf(s, n, "model=%s\nmean=%s\nfreq=%d\nunigram=%d\nno_weights=%d\nexact=%d\nctx=%d\nk=%ld\n", mt->model, mt->mean_desc, mt->freq_mode,
+             mt->has_unigram, mt->no_weights, mt->exact, mt->ctx, mt->k);
+    return s;
+}
+
+static void cli_meta_get(const char *text, const char *key, char *out, size_t cap) {
+    out[0] = 0;
+    size_t kl = strlen(key);
+    for (const char *p = text; p && *p;) {
+        const char *e = strchr(p, '\n');
+        size_t ll = e ? (size_t)(e - p) : strlen(p);
+        if (ll > kl && !strncmp(p, key, kl) && p[kl] == '=') {
+            snprintf(out, cap, "%.*s", (int)(ll - kl - 1), p + kl + 1);
+            return;
+        }
+        p = e ? e + 1 : NULL;
+    }
+}
+
+static int cli_meta_parse(const char *text, cli_scan_meta *mt) {
+    char v[32];
+    memset(mt, 0, sizeof *mt);
+    if (!text || !strstr(text, "model=")) return 0;
+    cli_meta_get(text, "model", mt->model, sizeof mt->model);
+    cli_meta_get(text, "mean", mt->mean_desc, sizeof mt->mean_desc);
+    cli_meta_get(text, "freq", v, sizeof v), mt->freq_mode = atoi(v) != 0;
+    cli_meta_get(text, "unigram", v, sizeof v), mt->has_unigram = atoi(v) != 0;
+    cli_meta_get(text, "no_weights", v, sizeof v), mt->no_weights = atoi(v) != 0;
+    cli_meta_get(text, "exact", v, sizeof v), mt->exact = atoi(v) != 0;
+    cli_meta_get(text, "ctx", v, sizeof v), mt->ctx = atoi(v);
+    cli_meta_get(text, "k", v, sizeof v), mt->k = atol(v);
+    return 1;
+}
+
+/* The table, CSV or JSON of a scan: shared by ablate, freq and merge. */
+static int cli_scan_print(FILE *out, const cr_scan *st, const cli_scan_meta *mt, int sort_col, int limit, int format) {
+    cr_neuron_row *res = cr_calloc((size_t)st->n_neurons, sizeof *res);
+    if (!res) return cli_error("out of memory");
+    cr_scan_results(st, mt->has_unigram, res);
+    for (int j = 0; j < st->n_neurons; j++) res[j].has_weights &= !mt->no_weights, res[j].has_freq_cos &= !mt->no_weights;
+    int cols[N_COLS], nc = 0;
+    for (int cc = 0; cc < N_COLS; cc++) {
+        if (!mt->has_unigram && (cc == COL_FREQ_COS || cc == COL_ABS_DKL || cc == COL_DE_FREQ || cc == COL_FREQ_FRAC)) continue;
+        if (mt->no_weights && (cc == COL_NORM || cc == COL_LOGIT_VAR || cc == COL_RHO || cc == COL_FREQ_COS)) continue;
+        cols[nc++] = cc;
+    }
+    const int64_t ntok = res[0].n_tokens;
+    const int partial = st->r0 != 0 || st->r1 != st->n_rows;
+    const double corr = cr_corr_value(&st->corr);
+    char meta[4096], range[64] = "";
+    if (partial) snprintf(range, sizeof range, ", \"row_range\": [%d, %d]", st->r0, st->r1);
+    snprintf(meta, sizeof meta, "\"model\": \"%s\", \"layer\": %d, \"rows\": %d, \"ctx\": %d, \"tokens\": %lld, \"mean_source\": \"%s\", "
+             "\"method\": \"%s\", \"seconds\": %.3f, \"k\": %ld%s", mt->model, st->layer, st->r1 - st->r0, mt->ctx, (long long)ntok, mt->mean_desc,
+             mt->exact ? "exact-recompute" : "rank-1 identity", st->seconds, mt->k, range);
+    if (mt->freq_mode) snprintf(meta + strlen(meta), sizeof meta - strlen(meta), ", \"entropy_kl_corr\": %.6f", corr);
+    if (format == 0) {
+        fprintf(out, "# %s of %d final-layer neurons of %s over %d rows x %d (%lld counted tokens), %s, %.2f s\n", mt->exact ? "exact recompute" : "mean ablation",
+                st->n_neurons, mt->model, st->r1 - st->r0, mt->ctx, (long long)ntok, mt->exact ? "patched re-runs" : "rank-1 identity", st->seconds);
+        if (partial) fprintf(out, "# rows %d..%d of %d only: a shard (confreg merge combines the shards)\n", st->r0, st->r1, st->n_rows);
+        fprintf(out, "# mean activations: %s\n", mt->mean_desc);
+        if (mt->freq_mode) fprintf(out, "# baseline: correlation of per-token entropy with KL(P_freq || p) = %.4f over %lld tokens\n", corr, (long long)st->corr.n);
+    }
+    cli_print_neurons(out, res, st->n_neurons, cols, nc, sort_col, 0, limit, format, meta);
+    free(res);
+    return 0;
+}
+
+/* Writes to FILE atomically, or to stdout. */
+static int cli_scan_output(const char *path, const cr_scan *st, const cli_scan_meta *mt, int sort_col, int limit, int format) {
+    if (!path) return cli_scan_print(stdout, st, mt, sort_col, limit, format);
+    cr_outfile o;
+    cr_err err;
+    if (cr_outfile_open(&o, path, &err)) return cli_error("%s", err.msg);
+    int rc = cli_scan_print(o.f, st, mt, sort_col, limit, format);
+    if (cr_outfile_close(&o, rc == 0, &err) && !rc) rc = cli_error("%s", err.msg);
+    return rc;
+}
+
+/* A scan resumed from its checkpoint when one exists (and belongs to the same scan), else a
+ * fresh one.  Returns 0, or 1 after printing an error. */
+static int cli_scan_prepare(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, int r0, int r1, uint64_t fp, const char *ckp, cr_scan *st, int *resumed) {
+    cr_err err;
+    *resumed = 0;
+    if (ckp && access(ckp, F_OK) == 0) {
+        if (cr_scan_load(st, ckp, &err)) return cli_error("%s", err.msg);
+        if (st->fingerprint != fp)
+            return cli_error("%s: checkpoint of a different scan (the model, text, options, unigram counts or means differ); remove it to start afresh", ckp);
+        if (st->r0 != r0 || st->r1 != r1)
+            return cli_error("%s: checkpoint covers rows %d-%d, but this run asks for rows %d-%d (--shard differs); remove it to start afresh", ckp, st->r0, st->r1 - 1, r0, r1 - 1);
+        if (st->n_neurons != sp->n_neurons || memcmp(st->neurons, sp->neurons, (size_t)sp->n_neurons * sizeof *sp->neurons))
+            return cli_error("%s: checkpoint is for another set of neurons (--neurons/--top differ); remove it to start afresh", ckp);
+        *resumed = 1;
+        return 0;
+    }
+    if (cr_scan_init(st, m, rows, sp, r0, r1, &err)) return cli_error("%s", err.msg);
+    st->fingerprint = fp;
+    return 0;
+}
+
+/* Runs a prepared scan to its end, saving it in ckp (if given) every `every` seconds, on
+ * SIGINT/SIGTERM and at the end.  Returns 0, 1 after an error, or CLI_EXIT_INTERRUPTED. */
+static int cli_scan_execute(const cr_model *m, const cr_rows *rows, const cr_ablate_spec *sp, cr_scan *st, const char *ckp, double every, const char *what) {
+    if (st->phase == CR_SCAN_DONE) return 0;
+    cr_err err;
+    if (ckp && st->row > 0 && isatty(2)) fprintf(stderr, "confreg: %s: resuming from %s at row %d\n", what, ckp, st->row);
+    cli_ckpt ck = {ckp, every, cr_now(), cr_now(), st->seconds, 0, {{0}}};
+    cli_catch_signals();
+    int e = cr_scan_run(m, rows, sp, st, cli_scan_hook, &ck, &err);
+    if (e == CR_EINTR && ck.failed) return cli_error("%s", ck.err.msg);
+    if (e == CR_EINTR) {
+        if (ckp) cli_error("interrupted: state saved in %s (%s, at row %d of rows %d-%d); run the same command again to resume", ckp,
+                           st->phase == CR_SCAN_MEAN ? "mean pass" : "effects", st->row, st->r0, st->r1 - 1);
+        else cli_error("interrupted (no --checkpoint given, nothing saved)");
+        return CLI_EXIT_INTERRUPTED;
+    }
+    if (e) return cli_error("%s", err.msg);
+    if (ckp && cr_scan_save(st, ckp, &err)) return cli_error("%s", err.msg);
+    return 0;
+}
+
+/* "--shard I/N": the I-th (1-based) of N contiguous, near-equal row ranges. */
+static int cli_shard(const char *s, int n_rows, int *r0, int *r1) {
+    long i, n;
+    char a[32], b[32];
+    const char *sl = strchr(s, '/');
+    if (!sl || sl == s || (size_t)(sl - s) >= sizeof a || strlen(sl + 1) >= sizeof b || !sl[1])
+        return cli_error("--shard must be I/N with 1 <= I <= N (e.g. 3/8), got '%s'", s), 0;
+    snprintf(a, sizeof a, "%.*s", (int)(sl - s), s);
+    snprintf(b, sizeof b, "%s", sl + 1);
+    if (!cli_int(b, "--shard N", 1, 1 << 20, &n) || !cli_int(a, "--shard I", 1, n, &i)) return 0;
+    if (n > n_rows) return cli_error("--shard %ld/%ld: only %d evaluation rows to split (at most %d shards)", i, n, n_rows, n_rows), 0;
+    *r0 = (int)((int64_t)(i - 1) * n_rows / n), *r1 = (int)((int64_t)i * n_rows / n);
+    return 1;
 }
 
 static int cli_ablate_common(int argc, char **argv, int freq_mode) {
     const char *tokp = NULL, *neus = NULL, *tops = NULL, *bys = NULL, *rowss = NULL, *ctxs = NULL, *shuffle = NULL, *thr = NULL, *unip = NULL;
     const char *meanf = NULL, *means = NULL, *exact = NULL, *ks = NULL, *nowt = NULL, *sorts = NULL, *limits = NULL, *csv = NULL, *json = NULL, *tbs = NULL;
+    const char *ckp = NULL, *everys = NULL, *shards = NULL, *outp = NULL;
     const char *pos[64];
     int np;
     cli_opt opts[] = {{"--neurons", 1, &neus, "neurons to ablate, LAYER.INDEX,... (default: the whole final layer)"},
@@ -7333,7 +8144,11 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
                       {"--k", 1, &ks, "null-space dimensions for rho"}, {"--no-weights", 0, &nowt, "skip the weight metrics"},
                       {"--sort", 1, &sorts, freq_mode ? "column to rank by (default abs_dkl)" : "column to rank by (default te)"},
                       {"--limit", 1, &limits, "rows in the table (default 20, 0 = all)"}, {"--threads", 1, &thr, "threads"},
-                      {"--token-block", 1, &tbs, "tokens per block of the fast path (default 512)"},
+                      {"--token-block", 1, &tbs, "counted tokens per block of the fast path (default 512)"},
+                      {"--checkpoint", 1, &ckp, "save the scan's state in FILE at intervals and on SIGINT/SIGTERM; resume from it if it exists"},
+                      {"--checkpoint-every", 1, &everys, "seconds between checkpoint saves (default 60)"},
+                      {"--shard", 1, &shards, "scan only part I of N of the rows (1-based, e.g. 3/8); merge the parts' checkpoints"},
+                      {"-o", 1, &outp, "write the result to FILE (atomically) instead of stdout"},
                       {"--tokenizer", 1, &tokp, "tokenizer file or directory"}, {"--csv", 0, &csv, "CSV output"}, {"--json", 0, &json, "JSON output"}, {0}};
     const char *name = freq_mode ? "freq" : "ablate";
     int pr = cli_parse(argc, argv, opts, pos, 64, &np);
@@ -7345,16 +8160,18 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
                                                                 "norm's scale frozen, LN-mediated fraction, entropy changes, and with --unigram the KL and\n"
                                                                 "frequency-mediated effects. Fast path: the exact rank-1 identity; --exact-recompute re-runs.", opts), 0;
     if (pr) return 2;
+    if (shards && !ckp) return cli_error("--shard needs --checkpoint FILE: the finished checkpoint is the part that merge combines"), 2;
     cr_model *m = cli_open_model(np ? pos[0] : CR_DEFAULT_MODEL, tokp);
     if (!m) return 1;
     const cr_config *c = cr_model_config(m);
     const int layer = c->n_layers - 1, f = c->d_mlp;
     long top = 0, max_rows = 16, ctx = c->n_ctx < 256 ? c->n_ctx : 256, threads = 0, k = cr_default_k(c->d_model), limit = 20, tb = 512;
+    double every = 60;
     int rc = 0, sort_col = freq_mode ? COL_ABS_DKL : COL_TE, by = COL_RHO;
     if ((tops && !cli_int(tops, "--top", 1, f, &top)) || (rowss && !cli_int(rowss, "--rows", 1, INT32_MAX, &max_rows)) ||
         (ctxs && !cli_int(ctxs, "--ctx", 5, c->n_ctx, &ctx)) || (thr && !cli_int(thr, "--threads", 1, 1024, &threads)) ||
         (ks && !cli_int(ks, "--k", 1, c->d_model, &k)) || (limits && !cli_int(limits, "--limit", 0, INT32_MAX, &limit)) ||
-        (tbs && !cli_int(tbs, "--token-block", 1, 1 << 20, &tb)))
+        (tbs && !cli_int(tbs, "--token-block", 1, 1 << 20, &tb)) || (everys && !cli_double(everys, "--checkpoint-every", 0, 1e9, &every)))
         rc = 2;
     if (!rc && sorts && (sort_col = cli_col_index(sorts)) < 0) rc = cli_error("--sort: unknown column '%s'", sorts) + 1;
     if (!rc && bys && ((by = cli_col_index(bys)) < 0 || (by != COL_RHO && by != COL_NORM && by != COL_LOGIT_VAR && by != COL_FREQ_COS)))
@@ -7364,16 +8181,24 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
     cr_freqdir fd = {0};
     cr_err err;
     cr_rows rows = {0};
-    int *sel = NULL, n_sel = 0;
-    cr_neuron_row *all = cr_calloc((size_t)f, sizeof *all), *res = NULL;
+    cr_scan st = {0};
+    int *sel = NULL, n_sel = 0, r0 = 0, r1 = 0;
+    cr_neuron_row *all = cr_calloc((size_t)f, sizeof *all);
     double *mean = cr_malloc((size_t)f, sizeof *mean);
-    char mean_desc[1024] = "";
+    cli_scan_meta mt = {{0}, {0}, freq_mode, 0, nowt != NULL, exact != NULL, 0, k};
+    snprintf(mt.model, sizeof mt.model, "%s", np ? pos[0] : CR_DEFAULT_MODEL);
+    for (char *q = mt.model; *q; q++)   /* one line per field in the state's description */
+        if (*q == '\n' || *q == '\r') *q = '?';
     if (!rc && (!all || !mean)) rc = cli_error("out of memory");
     if (!rc && !cli_load_unigram(m, unip, &ug)) rc = 1;
     if (!rc && freq_mode && !ug) rc = cli_error("freq needs unigram counts: --unigram COUNTS (make them with: confreg unigram MODEL CORPUS -o COUNTS)");
     if (!rc && ug && cr_freqdir_make(&fd, ug, &err)) rc = cli_error("%s", err.msg);
+    mt.has_unigram = ug != NULL;
     const char *default_text[] = {CR_DEFAULT_TEXT};
     if (!rc && !cli_make_rows(m, np > 1 ? pos + 1 : default_text, np > 1 ? np - 1 : 1, ctx, max_rows, shuffle, &rows)) rc = 1;
+    mt.ctx = rows.ctx;
+    r1 = rows.n_rows;
+    if (!rc && shards && !cli_shard(shards, rows.n_rows, &r0, &r1)) rc = 2;
     /* Weight metrics for the whole layer (they also rank --top). */
     if (!rc && (!nowt || tops)) {
         cr_unembed u;
@@ -7390,6 +8215,9 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
             free(sel);
             sel = NULL;
             if (!cli_neuron_list(neus, layer, f, &sel, &n_sel)) rc = 1;
+            for (int a = 0; !rc && a < n_sel; a++)
+                for (int b = 0; b < a; b++)
+                    if (sel[a] == sel[b]) { rc = cli_error("--neurons: %d.%d is listed twice", layer, sel[a]); break; }
         } else {
             for (int i = 0; i < f; i++) sel[i] = i, all[i].layer = layer, all[i].index = i;
             n_sel = f;
@@ -7400,54 +8228,36 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
             }
         }
     }
-    int64_t mean_tokens = 0;
-    if (!rc && meanf && !cli_mean_load(meanf, layer, f, mean, mean_desc, sizeof mean_desc)) rc = 1;
-    if (!rc && !meanf) {
-        if (cr_mean_activations(m, &rows, layer, (int)threads, mean, &mean_tokens, &err)) rc = cli_error("%s", err.msg);
-        snprintf(mean_desc, sizeof mean_desc, "mean over all %lld tokens of the %d evaluation rows (%s%s)", (long long)mean_tokens, rows.n_rows,
-                 shuffle ? "shuffled, seed " : "corpus order", shuffle ? shuffle : "");
-    }
-    if (!rc && means && !cli_mean_save(means, layer, f, mean_tokens, mean_desc, mean)) rc = 1;
-    double t0 = cr_now(), secs = 0;
+    if (!rc && meanf && !cli_mean_load(meanf, layer, f, mean, mt.mean_desc, sizeof mt.mean_desc)) rc = 1;
+    /* What a checkpoint or a part must agree on: model, rows, options, unigram and means. */
+    uint64_t fp = 0;
     if (!rc) {
-        res = cr_calloc((size_t)n_sel, sizeof *res);
-        cr_ablate_spec sp = {layer, sel, n_sel, mean, ug ? &fd : NULL, cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1,
-                             exact != NULL, (int)threads, (int)tb};
-        if (!res) rc = cli_error("out of memory");
-        else if (cr_ablate(m, &rows, &sp, res, NULL, &err)) rc = cli_error("%s", err.msg);
-        secs = cr_now() - t0;
-        for (int j = 0; !rc && j < n_sel; j++) {
-            cr_neuron_row *r = &res[j];
-            const cr_neuron_row *w = &all[sel[j]];
-            r->norm = w->norm, r->logit_var = w->logit_var, r->rho = w->rho, r->freq_cos = w->freq_cos;
-            r->has_weights = w->has_weights && !nowt, r->has_freq_cos = w->has_freq_cos && !nowt;
-        }
+        const int64_t opt[] = {freq_mode, layer, k, nowt != NULL, exact != NULL, cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1, ug != NULL, meanf != NULL};
+        fp = cr_hash64(opt, sizeof opt, cli_rows_hash(&rows, cli_model_hash(m)));
+        if (ug) fp = cr_hash64(fd.p, (size_t)c->n_vocab * sizeof *fd.p, fp);
+        if (meanf) fp = cr_hash64(mean, (size_t)f * sizeof *mean, fp);
     }
-    double corr = 0;
-    int64_t n_corr = 0;
-    if (!rc && freq_mode && !cli_entropy_kl_corr(m, &rows, &fd, cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1, (int)threads, &corr, &n_corr)) rc = 1;
-    if (!rc) {
-        int cols[N_COLS], nc = 0;
-        for (int cc = 0; cc < N_COLS; cc++) {
-            if (!ug && (cc == COL_FREQ_COS || cc == COL_ABS_DKL || cc == COL_DE_FREQ || cc == COL_FREQ_FRAC)) continue;
-            if (nowt && (cc == COL_NORM || cc == COL_LOGIT_VAR || cc == COL_RHO || cc == COL_FREQ_COS)) continue;
-            cols[nc++] = cc;
-        }
-        int64_t ntok = n_sel ? res[0].n_tokens : 0;
-        char meta[2048];
-        snprintf(meta, sizeof meta, "\"model\": \"%s\", \"layer\": %d, \"rows\": %d, \"ctx\": %d, \"tokens\": %lld, \"mean_source\": \"%s\", "
-                 "\"method\": \"%s\", \"seconds\": %.3f, \"k\": %ld%s", np ? pos[0] : CR_DEFAULT_MODEL, layer, rows.n_rows, rows.ctx,
-                 (long long)ntok, mean_desc, exact ? "exact-recompute" : "rank-1 identity", secs, k, "");
-        if (freq_mode) snprintf(meta + strlen(meta), sizeof meta - strlen(meta), ", \"entropy_kl_corr\": %.6f", corr);
-        if (!csv && !json) {
-            printf("# %s of %d final-layer neurons of %s over %d rows x %d (%lld counted tokens), %s, %.2f s\n", exact ? "exact recompute" : "mean ablation",
-                   n_sel, np ? pos[0] : CR_DEFAULT_MODEL, rows.n_rows, rows.ctx, (long long)ntok, exact ? "patched re-runs" : "rank-1 identity", secs);
-            printf("# mean activations: %s\n", mean_desc);
-            if (freq_mode) printf("# baseline: correlation of per-token entropy with KL(P_freq || p) = %.4f over %lld tokens\n", corr, (long long)n_corr);
-        }
-        cli_print_neurons(stdout, res, n_sel, cols, nc, sort_col, 0, (int)limit, cli_format(csv, json), meta);
+    cr_ablate_spec sp = {layer, sel, n_sel, meanf ? mean : NULL, ug ? &fd : NULL, cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1,
+                         exact != NULL, (int)threads, (int)tb};
+    int resumed = 0;
+    if (!rc) rc = cli_scan_prepare(m, &rows, &sp, r0, r1, fp, ckp, &st, &resumed);
+    if (!rc && !resumed) {
+        if (!nowt && !(st.wt = cr_calloc((size_t)n_sel, sizeof *st.wt))) rc = cli_error("out of memory");
+        for (int j = 0; !rc && st.wt && j < n_sel; j++) st.wt[j] = all[sel[j]];
     }
-    free(sel), free(all), free(res), free(mean);
+    if (!rc && !st.meta) {
+        if (!meanf)
+            snprintf(mt.mean_desc, sizeof mt.mean_desc, "mean over all %lld tokens of the %d evaluation rows (%s%s)", (long long)cr_rows_tokens(&rows), rows.n_rows,
+                     shuffle ? "shuffled, seed " : "corpus order", shuffle ? shuffle : "");
+        for (char *q = mt.mean_desc; *q; q++)
+            if (*q == '\n' || *q == '\r') *q = '?';
+        if (!(st.meta = cli_meta_text(&mt))) rc = cli_error("out of memory");
+    }
+    if (!rc) rc = cli_scan_execute(m, &rows, &sp, &st, ckp, every, name);
+    if (!rc && means && !cli_mean_save(means, layer, f, st.mean_tokens, mt.mean_desc, st.mean)) rc = 1;
+    if (!rc) rc = cli_scan_output(outp, &st, &mt, sort_col, (int)limit, cli_format(csv, json));
+    cr_scan_free(&st);
+    free(sel), free(all), free(mean);
     cr_rows_free(&rows);
     cr_freqdir_free(&fd);
     cr_unigram_close(ug);
@@ -7457,6 +8267,44 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
 
 static int cmd_ablate(int argc, char **argv) { return cli_ablate_common(argc, argv, 0); }
 static int cmd_freq(int argc, char **argv) { return cli_ablate_common(argc, argv, 1); }
+
+/* ---- merge ---- */
+static int cmd_merge(int argc, char **argv) {
+    const char *outp = NULL, *statep = NULL, *sorts = NULL, *limits = NULL, *csv = NULL, *json = NULL, *pos[4096];
+    int np;
+    cli_opt opts[] = {{"-o", 1, &outp, "write the result to FILE (atomically) instead of stdout"},
+                      {"--save-state", 1, &statep, "also write the merged state (itself mergeable)"},
+                      {"--sort", 1, &sorts, "column to rank by (default: te, or abs_dkl for freq scans)"}, {"--limit", 1, &limits, "rows in the table (default 20, 0 = all)"},
+                      {"--csv", 0, &csv, "CSV output"}, {"--json", 0, &json, "JSON output"}, {0}};
+    int pr = cli_parse(argc, argv, opts, pos, 4096, &np);
+    if (pr == 2) return cli_usage("merge", "PART... [-o FILE]", "Combine the finished checkpoints of `ablate`/`freq` shards (--shard I/N, or separate --neurons\n"
+                                  "ranges) into the result of one run over everything; the sums are exact, so it is the same\n"
+                                  "result bit for bit. Every neuron's parts must cover every row exactly once.", opts), 0;
+    if (pr) return 2;
+    if (np < 1) return cli_error("merge needs at least one PART (checkpoint files of finished shards)"), 2;
+    long limit = 20;
+    if (limits && !cli_int(limits, "--limit", 0, INT32_MAX, &limit)) return 2;
+    cr_scan **parts = cr_calloc((size_t)np, sizeof *parts), merged = {0};
+    if (!parts) return cli_error("out of memory");
+    cr_err err;
+    int rc = 0;
+    for (int i = 0; i < np && !rc; i++) {
+        if (!(parts[i] = calloc(1, sizeof **parts))) rc = cli_error("out of memory");
+        else if (cr_scan_load(parts[i], pos[i], &err)) rc = cli_error("%s", err.msg);
+    }
+    if (!rc && cr_scan_merge(parts, pos, np, &merged, &err)) rc = cli_error("%s", err.msg);
+    cli_scan_meta mt;
+    if (!rc && !cli_meta_parse(merged.meta, &mt)) rc = cli_error("%s: the state carries no description of its scan", pos[0]);
+    int sort_col = mt.freq_mode ? COL_ABS_DKL : COL_TE;
+    if (!rc && sorts && (sort_col = cli_col_index(sorts)) < 0) rc = cli_error("--sort: unknown column '%s'", sorts) + 1;
+    if (!rc && statep && cr_scan_save(&merged, statep, &err)) rc = cli_error("%s", err.msg);
+    if (!rc) rc = cli_scan_output(outp, &merged, &mt, sort_col, (int)limit, cli_format(csv, json));
+    for (int i = 0; i < np; i++)
+        if (parts[i]) cr_scan_free(parts[i]), free(parts[i]);
+    free(parts);
+    cr_scan_free(&merged);
+    return rc;
+}
 
 /* ---- synth ---- */
 static int cmd_synth(int argc, char **argv) {
@@ -7553,8 +8401,28 @@ typedef struct cli_induction {
 } cli_induction;
 
 /* Shared by `induction` and `report`: builds sequences and runs the analysis. */
+typedef struct cli_ind_ckpt {
+    cli_ckpt ck;
+    cr_ind_dims dims;
+    uint64_t fp;
+} cli_ind_ckpt;
+
+static int cli_induction_hook(void *user, const cr_induction_result *res) {
+    cli_ind_ckpt *ic = user;
+    const int stop = cli_stop_requested != 0;
+    const double now = cr_now();
+    if (ic->ck.path && (stop || now - ic->ck.last >= ic->ck.every)) {
+        if (cr_induction_save(res, &ic->dims, ic->fp, ic->ck.path, &ic->ck.err)) { ic->ck.failed = 1; return 1; }
+        ic->ck.last = now;
+    }
+    return stop;
+}
+
+/* Shared by `induction` and `report`: builds sequences and runs the analysis, saving its state
+ * in ckpt (if not NULL) every `every` seconds and on SIGINT/SIGTERM, and resuming from it.
+ * Returns 1 on success, 0 on error (printed), -1 when interrupted. */
 static int cli_run_induction(const cr_model *m, const char *const *files, int n_files, long N, long n_seqs, int random, long seed,
-                             const char *neus, const char *heads, int n_threads, cli_induction *ci) {
+                             const char *neus, const char *heads, int n_threads, const char *ckpt, double every, cli_induction *ci) {
     const cr_config *c = cr_model_config(m);
     memset(ci, 0, sizeof *ci);
     ci->N = (int)N, ci->n_seqs = (int)n_seqs, ci->random = random;
@@ -7606,7 +8474,23 @@ static int cli_run_induction(const cr_model *m, const char *const *files, int n_
     if (ok) {
         cr_induction_spec sp = {(int)N, (int)n_seqs, seqs, rnd, (int)n_seqs, ci->neurons, ci->n_neurons, ci->heads, ci->n_heads, n_threads};
         cr_err err;
-        if (cr_induction(m, &sp, &ci->res, &err)) ok = cli_error("%s", err.msg);
+        cli_ind_ckpt ic = {{ckpt, every, cr_now(), cr_now(), 0, 0, {{0}}}, {(int)(1 + 2 * N), ci->n_neurons, c->n_layers * c->n_heads, ci->n_heads}, 0};
+        /* The fingerprint: model, sequences, neurons and heads. */
+        const int64_t dims[4] = {N, n_seqs, ci->n_neurons, ci->n_heads};
+        ic.fp = cr_hash64(dims, sizeof dims, cli_model_hash(m));
+        ic.fp = cr_hash64(seqs, (size_t)n_seqs * (size_t)N * 4, ic.fp);
+        ic.fp = cr_hash64(rnd, (size_t)n_seqs * (size_t)N * 4, ic.fp);
+        ic.fp = cr_hash64(ci->neurons, (size_t)ci->n_neurons * sizeof *ci->neurons, ic.fp);
+        if (ci->n_heads) ic.fp = cr_hash64(ci->heads, (size_t)ci->n_heads * 2 * sizeof *ci->heads, ic.fp);
+        if (ckpt && access(ckpt, F_OK) == 0 && cr_induction_load(&ci->res, &ic.dims, ic.fp, ckpt, &err)) ok = cli_error("%s", err.msg);
+        if (ok && ci->res.pass != 5) {
+            if (ckpt) cli_catch_signals();
+            int e = cr_induction(m, &sp, &ci->res, ckpt ? cli_induction_hook : NULL, &ic, &err);
+            if (e == CR_EINTR && ic.ck.failed) ok = cli_error("%s", ic.ck.err.msg);
+            else if (e == CR_EINTR) ok = -1, cli_error("interrupted: state saved in %s; run the same command again to resume", ckpt);
+            else if (e) ok = cli_error("%s", err.msg) - 1;
+            else if (ckpt && cr_induction_save(&ci->res, &ic.dims, ic.fp, ckpt, &err)) ok = cli_error("%s", err.msg) - 1;
+        }
     }
     free(seqs), free(rnd);
     return ok;
@@ -7728,11 +8612,15 @@ static void cli_print_induction(FILE *out, const cr_model *m, const cli_inductio
 
 static int cmd_induction(int argc, char **argv) {
     const char *tokp = NULL, *Ns = NULL, *seqss = NULL, *rnd = NULL, *seeds = NULL, *neus = NULL, *heads = NULL, *thr = NULL, *csv = NULL, *json = NULL, *pos[64];
+    const char *ckp = NULL, *everys = NULL, *outp = NULL;
     int np;
     cli_opt opts[] = {{"-N", 1, &Ns, "length of S (default 99, or what the context allows)"}, {"--seqs", 1, &seqss, "sequences (default 16)"},
                       {"--random", 0, &rnd, "S of random tokens instead of natural text"}, {"--seed", 1, &seeds, "seed for random tokens (default 1)"},
                       {"--neurons", 1, &neus, "final-layer neurons to follow (default: the 3 with the highest rho)"},
                       {"--bos-ablate", 1, &heads, "heads to BOS-ablate, LAYER.HEAD,..."}, {"--threads", 1, &thr, "threads"},
+                      {"--checkpoint", 1, &ckp, "save the state in FILE at intervals and on SIGINT/SIGTERM; resume from it if it exists"},
+                      {"--checkpoint-every", 1, &everys, "seconds between checkpoint saves (default 60)"},
+                      {"-o", 1, &outp, "write the result to FILE (atomically) instead of stdout"},
                       {"--tokenizer", 1, &tokp, "tokenizer file or directory"}, {"--csv", 0, &csv, "per-position CSV"}, {"--json", 0, &json, "JSON"}, {0}};
     int pr = cli_parse(argc, argv, opts, pos, 64, &np);
     if (pr == 2) return cli_usage("induction", "[MODEL [TEXT...]]", "The induction case study: entropy, loss and neuron activations on [BOS]+S+S, clip ablation,\n"
@@ -7742,17 +8630,31 @@ static int cmd_induction(int argc, char **argv) {
     if (!m) return 1;
     const cr_config *c = cr_model_config(m);
     long N = (c->n_ctx - 1) / 2 < 99 ? (c->n_ctx - 1) / 2 : 99, n_seqs = 16, seed = 1, threads = 0;
+    double every = 60;
     int rc = 0;
     if ((Ns && !cli_int(Ns, "-N", 2, (c->n_ctx - 1) / 2, &N)) || (seqss && !cli_int(seqss, "--seqs", 1, 100000, &n_seqs)) ||
-        (seeds && !cli_int(seeds, "--seed", 0, LONG_MAX, &seed)) || (thr && !cli_int(thr, "--threads", 1, 1024, &threads)))
+        (seeds && !cli_int(seeds, "--seed", 0, LONG_MAX, &seed)) || (thr && !cli_int(thr, "--threads", 1, 1024, &threads)) ||
+        (everys && !cli_double(everys, "--checkpoint-every", 0, 1e9, &every)))
         rc = 2;
     const char *default_text[] = {CR_DEFAULT_TEXT};
     cli_induction ci;
-    if (!rc && !cli_run_induction(m, np > 1 ? pos + 1 : default_text, np > 1 ? np - 1 : 1, N, n_seqs, rnd != NULL, seed, neus, heads, (int)threads, &ci)) rc = 1;
-    else if (!rc) {
-        cli_print_induction(stdout, m, &ci, cli_format(csv, json));
-        cli_induction_free(&ci);
+    memset(&ci, 0, sizeof ci);
+    if (!rc) {
+        int ir = cli_run_induction(m, np > 1 ? pos + 1 : default_text, np > 1 ? np - 1 : 1, N, n_seqs, rnd != NULL, seed, neus, heads, (int)threads, ckp, every, &ci);
+        if (ir < 0) rc = CLI_EXIT_INTERRUPTED;
+        else if (ir == 0) rc = 1;
     }
+    if (!rc) {
+        cr_outfile o;
+        cr_err err;
+        if (!outp) cli_print_induction(stdout, m, &ci, cli_format(csv, json));
+        else if (cr_outfile_open(&o, outp, &err)) rc = cli_error("%s", err.msg);
+        else {
+            cli_print_induction(o.f, m, &ci, cli_format(csv, json));
+            if (cr_outfile_close(&o, 1, &err)) rc = cli_error("%s", err.msg);
+        }
+    }
+    cli_induction_free(&ci);
     cr_model_close(m);
     return rc;
 }
@@ -7798,12 +8700,15 @@ static void cli_progress(const char *fmt, ...) {
 
 static int cmd_report(int argc, char **argv) {
     const char *tokp = NULL, *outd = NULL, *rowss = NULL, *ctxs = NULL, *unip = NULL, *thr = NULL, *Ns = NULL, *seqss = NULL, *ks = NULL, *heads = NULL, *pos[64];
+    const char *ckp = NULL, *everys = NULL;
     int np;
     cli_opt opts[] = {{"-o", 1, &outd, "output directory (required; created if missing)"}, {"--rows", 1, &rowss, "evaluation rows for the ablation (default 16)"},
                       {"--ctx", 1, &ctxs, "row length incl. BOS"}, {"--unigram", 1, &unip, "counts file (default: the model's own, else counted from TEXT)"},
                       {"-N", 1, &Ns, "induction: length of S (default 99 or what fits)"}, {"--seqs", 1, &seqss, "induction sequences (default 8)"},
                       {"--bos-ablate", 1, &heads, "induction: heads to BOS-ablate (default: the top induction head)"},
-                      {"--k", 1, &ks, "null-space dimensions for rho"}, {"--threads", 1, &thr, "threads"}, {"--tokenizer", 1, &tokp, "tokenizer"}, {0}};
+                      {"--k", 1, &ks, "null-space dimensions for rho"}, {"--threads", 1, &thr, "threads"}, {"--tokenizer", 1, &tokp, "tokenizer"},
+                      {"--checkpoint", 1, &ckp, "save the ablation scan's state in FILE and the induction's in FILE.induction; resume from them"},
+                      {"--checkpoint-every", 1, &everys, "seconds between checkpoint saves (default 60)"}, {0}};
     int pr = cli_parse(argc, argv, opts, pos, 64, &np);
     if (pr == 2) return cli_usage("report", "[MODEL [TEXT...]] -o DIR", "Run every analysis and write CSV, JSON and SVG plots with an index.html that explains them.", opts), 0;
     if (pr) return 2;
@@ -7817,11 +8722,15 @@ static int cmd_report(int argc, char **argv) {
     const cr_config *c = cr_model_config(m);
     const int f = c->d_mlp, d = c->d_model, layer = c->n_layers - 1;
     long max_rows = 16, ctx = c->n_ctx < 256 ? c->n_ctx : 256, threads = 0, N = (c->n_ctx - 1) / 2 < 99 ? (c->n_ctx - 1) / 2 : 99, n_seqs = 8, k = cr_default_k(d);
+    double every = 60;
     int rc = 0;
     if ((rowss && !cli_int(rowss, "--rows", 1, INT32_MAX, &max_rows)) || (ctxs && !cli_int(ctxs, "--ctx", 5, c->n_ctx, &ctx)) ||
         (thr && !cli_int(thr, "--threads", 1, 1024, &threads)) || (Ns && !cli_int(Ns, "-N", 2, (c->n_ctx - 1) / 2, &N)) ||
-        (seqss && !cli_int(seqss, "--seqs", 1, 100000, &n_seqs)) || (ks && !cli_int(ks, "--k", 1, d, &k)))
+        (seqss && !cli_int(seqss, "--seqs", 1, 100000, &n_seqs)) || (ks && !cli_int(ks, "--k", 1, d, &k)) ||
+        (everys && !cli_double(everys, "--checkpoint-every", 0, 1e9, &every)))
         rc = 2;
+    char ind_ckp[4096] = "";
+    if (ckp && snprintf(ind_ckp, sizeof ind_ckp, "%s.induction", ckp) >= (int)sizeof ind_ckp) rc = cli_error("--checkpoint: path too long") + 1;
     if (!rc && mkdir(outd, 0777) != 0 && errno != EEXIST) rc = cli_error("%s: cannot create directory: %s", outd, strerror(errno));
     cr_err err;
     cr_unigram *ug = NULL;
@@ -7846,7 +8755,7 @@ static int cmd_report(int argc, char **argv) {
     cr_neuron_row *res = cr_calloc((size_t)f, sizeof *res), *w = cr_calloc((size_t)f, sizeof *w);
     int *all = cr_malloc((size_t)f, sizeof *all);
     double *sv = NULL, t_weights = 0, t_ablate = 0, t_ind = 0, corr = 0;
-    int64_t n_corr = 0, mean_tokens = 0;
+    int64_t mean_tokens = 0;
     if (!rc && (!res || !w || !all)) rc = cli_error("out of memory");
     double t0 = cr_now();
     if (!rc) {
@@ -7864,14 +8773,24 @@ static int cmd_report(int argc, char **argv) {
         for (int i = 0; i < f; i++) all[i] = i;
         int32_t nl = cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1;
         cr_ablate_spec sp = {layer, all, f, NULL, ug ? &fd : NULL, nl, 0, (int)threads, 512};
+        const int64_t opt[] = {2, layer, nl, ug != NULL};
+        uint64_t fp = cr_hash64(opt, sizeof opt, cli_rows_hash(&rows, cli_model_hash(m)));
+        if (ug) fp = cr_hash64(fd.p, (size_t)c->n_vocab * sizeof *fd.p, fp);
+        cr_scan st = {0};
+        int resumed;
         t0 = cr_now();
-        if (cr_ablate(m, &rows, &sp, res, &mean_tokens, &err)) rc = cli_error("%s", err.msg);
+        rc = cli_scan_prepare(m, &rows, &sp, 0, rows.n_rows, fp, ckp, &st, &resumed);
+        if (!rc) rc = cli_scan_execute(m, &rows, &sp, &st, ckp, every, "report");
         t_ablate = cr_now() - t0;
+        if (!rc) {
+            cr_scan_results(&st, ug != NULL, res);
+            mean_tokens = st.mean_tokens, corr = cr_corr_value(&st.corr);
+        }
+        cr_scan_free(&st);
         for (int i = 0; !rc && i < f; i++) {
             res[i].norm = w[i].norm, res[i].logit_var = w[i].logit_var, res[i].rho = w[i].rho, res[i].freq_cos = w[i].freq_cos;
             res[i].has_weights = 1, res[i].has_freq_cos = w[i].has_freq_cos;
         }
-        if (!rc && ug && !cli_entropy_kl_corr(m, &rows, &fd, nl, (int)threads, &corr, &n_corr)) rc = 1;
     }
     cli_induction ci;
     int have_ind = 0;
@@ -7882,15 +8801,16 @@ static int cmd_report(int argc, char **argv) {
         cli_induction probe;
         const char *hl = heads;
         char hbuf[64];
-        if (!hl && cli_run_induction(m, files, n_files, N, 2, 1, 1, NULL, NULL, (int)threads, &probe)) {
+        if (!hl && cli_run_induction(m, files, n_files, N, 2, 1, 1, NULL, NULL, (int)threads, NULL, 0, &probe) > 0) {
             int best = 0;
             for (int i = 1; i < c->n_layers * c->n_heads; i++) if (probe.res.head_score[i] > probe.res.head_score[best]) best = i;
             snprintf(hbuf, sizeof hbuf, "%d.%d", best / c->n_heads, best % c->n_heads);
             hl = hbuf;
             cli_induction_free(&probe);
         }
-        if (cli_run_induction(m, files, n_files, N, n_seqs, 0, 1, NULL, hl, (int)threads, &ci)) have_ind = 1;
-        else rc = 1;
+        int ir = cli_run_induction(m, files, n_files, N, n_seqs, 0, 1, NULL, hl, (int)threads, ckp ? ind_ckp : NULL, every, &ci);
+        if (ir > 0) have_ind = 1;
+        else rc = ir < 0 ? CLI_EXIT_INTERRUPTED : 1;
         t_ind = cr_now() - t0;
     }
     /* Highlights: entropy-neuron candidates (large TE mostly through the norm) and frequency
@@ -8351,6 +9271,7 @@ static const cli_cmd cli_cmds[] = {
     {"unigram", "MODEL CORPUS... -o COUNTS", "token counts for P_freq", cmd_unigram},
     {"ablate", "[MODEL [TEXT...]]", "mean ablation: TE, DE, LN-mediated fraction, dH, dKL", cmd_ablate},
     {"freq", "[MODEL [TEXT...]] --unigram C", "token-frequency neurons", cmd_freq},
+    {"merge", "PART... [-o FILE]", "combine the checkpoints of ablate/freq shards", cmd_merge},
     {"induction", "[MODEL [TEXT...]]", "induction case study: copies, clip ablation, heads", cmd_induction},
     {"report", "[MODEL [TEXT...]] -o DIR", "everything: CSV, JSON, SVG plots, index.html", cmd_report},
     {"synth", "-o OUT.gguf", "a model with planted entropy and frequency neurons", cmd_synth},

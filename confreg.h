@@ -29,7 +29,8 @@ typedef enum cr_status {
     CR_EINVAL = 3,       /* a bad argument (id out of range, invalid UTF-8, ...) */
     CR_ENOMEM = 4,
     CR_ERANGE = 5,       /* a size or count beyond what is supported or what the file holds */
-    CR_EUNSUPPORTED = 6  /* a valid but unsupported feature (architecture, dtype, ...) */
+    CR_EUNSUPPORTED = 6, /* a valid but unsupported feature (architecture, dtype, ...) */
+    CR_EINTR = 7         /* stopped at the caller's request (a long scan's hook) */
 } cr_status;
 
 typedef struct cr_err { char msg[512]; } cr_err;
