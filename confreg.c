@@ -5239,7 +5239,7 @@ static int cr_scan_init(cr_scan *st, const cr_model *m, const cr_rows *rows, con
     memset(st, 0, sizeof *st);
     const cr_config *c = &m->cfg;
     if (sp->n_neurons < 1) return cr_fail(err, CR_EINVAL, "no neurons to ablate");
-    if (r0 < 0 || r1 > rows->n_rows || r0 > r1) return cr_fail(err, CR_EINVAL, "rows %d..%d are outside the %d evaluation rows", r0, r1, rows->n_rows);
+    if (r0 < 0 || r1 > rows->n_rows || r0 > r1) return cr_fail(err, CR_EINVAL, "rows %d-%d are outside the %d evaluation rows", r0, r1 - 1, rows->n_rows);
     int rc = cr_scan_alloc(st, c->d_mlp, sp->n_neurons, err);
     if (rc) return rc;
     st->layer = sp->layer, st->n_rows = rows->n_rows, st->r0 = r0, st->r1 = r1;
@@ -5780,7 +5780,7 @@ static int cr_scan_merge(cr_scan *const *parts, const char *const *names, int n_
     for (int i = 0; i < n_parts; i++) {
         const cr_scan *p = parts[i];
         if (p->phase != CR_SCAN_DONE)
-            return cr_fail(err, CR_EINVAL, "%s: unfinished (rows %d..%d, %s): run its command again to finish it", names[i], p->r0, p->r1,
+            return cr_fail(err, CR_EINVAL, "%s: unfinished (rows %d-%d, %s): run its command again to finish it", names[i], p->r0, p->r1 - 1,
                            p->phase == CR_SCAN_MEAN ? "still computing the means" : "effects in progress");
         if (p->fingerprint != p0->fingerprint || p->layer != p0->layer || p->d_mlp != p0->d_mlp || p->n_rows != p0->n_rows)
             return cr_fail(err, CR_EINVAL, "%s and %s come from different scans (model, text, options or mean source differ)", names[0], names[i]);
@@ -5833,7 +5833,7 @@ static int cr_scan_merge(cr_scan *const *parts, const char *const *names, int n_
             if (cover[r] < 0) {
                 int e = r;
                 while (e + 1 < R && cover[e + 1] < 0) e++;
-                rc = cr_fail(err, CR_EINVAL, "neuron %d.%d: rows %d..%d of %d are in no part (a shard is missing)", out->layer, neuron, r, e, R);
+                rc = cr_fail(err, CR_EINVAL, "neuron %d.%d: rows %d-%d of %d are in no part (a shard is missing)", out->layer, neuron, r, e, R);
             }
     }
     free(owner), free(cover);
@@ -8049,7 +8049,7 @@ static int cli_scan_print(FILE *out, const cr_scan *st, const cli_scan_meta *mt,
     if (format == 0) {
         fprintf(out, "# %s of %d final-layer neurons of %s over %d rows x %d (%lld counted tokens), %s, %.2f s\n", mt->exact ? "exact recompute" : "mean ablation",
                 st->n_neurons, mt->model, st->r1 - st->r0, mt->ctx, (long long)ntok, mt->exact ? "patched re-runs" : "rank-1 identity", st->seconds);
-        if (partial) fprintf(out, "# rows %d..%d of %d only: a shard (confreg merge combines the shards)\n", st->r0, st->r1, st->n_rows);
+        if (partial) fprintf(out, "# rows %d-%d of %d only: a shard (confreg merge combines the shards)\n", st->r0, st->r1 - 1, st->n_rows);
         fprintf(out, "# mean activations: %s\n", mt->mean_desc);
         if (mt->freq_mode) fprintf(out, "# baseline: correlation of per-token entropy with KL(P_freq || p) = %.4f over %lld tokens\n", corr, (long long)st->corr.n);
     }

@@ -122,12 +122,14 @@ struct t_case { const char *name; void (*fn)(void); };
 #include "t_tokenizer.inc"
 #include "t_badinput.inc"
 #include "t_analysis.inc"
+#include "t_robust.inc"
 
 static const struct t_case t_cases[] = {
     T_ENGINE_CASES
     T_TOKENIZER_CASES
     T_BADINPUT_CASES
     T_ANALYSIS_CASES
+    T_ROBUST_CASES
     {NULL, NULL}};
 
 int main(int argc, char **argv) {
