@@ -67,7 +67,7 @@ test-arm:
 # Coverage-guided fuzzing of every parser (clang's libFuzzer + ASan + UBSan).  Each target
 # starts from tests/fuzz/seeds/<target> and runs FUZZ_SECONDS; crashes land in
 # fuzz-out/<target>/ and belong in tests/fuzz/regressions/<target>/ once fixed.
-FUZZ_TARGETS = safetensors config gguf llama2c tokjson gpt2vocab tokbin unigram json encode
+FUZZ_TARGETS = safetensors config gguf llama2c tokjson gpt2vocab tokbin unigram json encode scanstate indstate
 FUZZ_SECONDS ?= 60
 FUZZ_SEED ?= 1
 CLANG ?= clang

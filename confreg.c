@@ -8161,6 +8161,7 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
                                                                 "frequency-mediated effects. Fast path: the exact rank-1 identity; --exact-recompute re-runs.", opts), 0;
     if (pr) return 2;
     if (shards && !ckp) return cli_error("--shard needs --checkpoint FILE: the finished checkpoint is the part that merge combines"), 2;
+    cli_catch_signals();   /* from here on, Ctrl-C stops at the scan's next safe point */
     cr_model *m = cli_open_model(np ? pos[0] : CR_DEFAULT_MODEL, tokp);
     if (!m) return 1;
     const cr_config *c = cr_model_config(m);
@@ -8245,14 +8246,12 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
         if (!nowt && !(st.wt = cr_calloc((size_t)n_sel, sizeof *st.wt))) rc = cli_error("out of memory");
         for (int j = 0; !rc && st.wt && j < n_sel; j++) st.wt[j] = all[sel[j]];
     }
-    if (!rc && !st.meta) {
-        if (!meanf)
-            snprintf(mt.mean_desc, sizeof mt.mean_desc, "mean over all %lld tokens of the %d evaluation rows (%s%s)", (long long)cr_rows_tokens(&rows), rows.n_rows,
-                     shuffle ? "shuffled, seed " : "corpus order", shuffle ? shuffle : "");
-        for (char *q = mt.mean_desc; *q; q++)
-            if (*q == '\n' || *q == '\r') *q = '?';
-        if (!(st.meta = cli_meta_text(&mt))) rc = cli_error("out of memory");
-    }
+    if (!rc && !meanf)
+        snprintf(mt.mean_desc, sizeof mt.mean_desc, "mean over all %lld tokens of the %d evaluation rows (%s%s)", (long long)cr_rows_tokens(&rows), rows.n_rows,
+                 shuffle ? "shuffled, seed " : "corpus order", shuffle ? shuffle : "");
+    for (char *q = mt.mean_desc; *q; q++)
+        if (*q == '\n' || *q == '\r') *q = '?';
+    if (!rc && !st.meta && !(st.meta = cli_meta_text(&mt))) rc = cli_error("out of memory");
     if (!rc) rc = cli_scan_execute(m, &rows, &sp, &st, ckp, every, name);
     if (!rc && means && !cli_mean_save(means, layer, f, st.mean_tokens, mt.mean_desc, st.mean)) rc = 1;
     if (!rc) rc = cli_scan_output(outp, &st, &mt, sort_col, (int)limit, cli_format(csv, json));
@@ -8484,10 +8483,11 @@ static int cli_run_induction(const cr_model *m, const char *const *files, int n_
         if (ci->n_heads) ic.fp = cr_hash64(ci->heads, (size_t)ci->n_heads * 2 * sizeof *ci->heads, ic.fp);
         if (ckpt && access(ckpt, F_OK) == 0 && cr_induction_load(&ci->res, &ic.dims, ic.fp, ckpt, &err)) ok = cli_error("%s", err.msg);
         if (ok && ci->res.pass != 5) {
-            if (ckpt) cli_catch_signals();
-            int e = cr_induction(m, &sp, &ci->res, ckpt ? cli_induction_hook : NULL, &ic, &err);
+            cli_catch_signals();
+            int e = cr_induction(m, &sp, &ci->res, cli_induction_hook, &ic, &err);
             if (e == CR_EINTR && ic.ck.failed) ok = cli_error("%s", ic.ck.err.msg);
-            else if (e == CR_EINTR) ok = -1, cli_error("interrupted: state saved in %s; run the same command again to resume", ckpt);
+            else if (e == CR_EINTR && ckpt) ok = -1, cli_error("interrupted: state saved in %s; run the same command again to resume", ckpt);
+            else if (e == CR_EINTR) ok = -1, cli_error("interrupted (no --checkpoint given, nothing saved)");
             else if (e) ok = cli_error("%s", err.msg) - 1;
             else if (ckpt && cr_induction_save(&ci->res, &ic.dims, ic.fp, ckpt, &err)) ok = cli_error("%s", err.msg) - 1;
         }
@@ -8626,6 +8626,7 @@ static int cmd_induction(int argc, char **argv) {
     if (pr == 2) return cli_usage("induction", "[MODEL [TEXT...]]", "The induction case study: entropy, loss and neuron activations on [BOS]+S+S, clip ablation,\n"
                                   "induction-head scores, and BOS ablation of chosen heads.", opts), 0;
     if (pr) return 2;
+    cli_catch_signals();
     cr_model *m = cli_open_model(np ? pos[0] : CR_DEFAULT_MODEL, tokp);
     if (!m) return 1;
     const cr_config *c = cr_model_config(m);
@@ -8713,6 +8714,7 @@ static int cmd_report(int argc, char **argv) {
     if (pr == 2) return cli_usage("report", "[MODEL [TEXT...]] -o DIR", "Run every analysis and write CSV, JSON and SVG plots with an index.html that explains them.", opts), 0;
     if (pr) return 2;
     if (!outd) return cli_error("report needs -o DIR"), 2;
+    cli_catch_signals();
     const char *model_path = np ? pos[0] : CR_DEFAULT_MODEL;
     const char *default_text[] = {CR_DEFAULT_TEXT};
     const char *const *files = np > 1 ? pos + 1 : default_text;

@@ -10,7 +10,10 @@
  *   UNIGRAM      a unigram counts file
  *   JSON         the JSON parser on arbitrary bytes
  *   ENCODE       tokenizer encode/decode on arbitrary bytes (byte-level BPE and SentencePiece)
- * Files are written under a per-process temporary directory, since the loaders read paths. */
+ *   SCANSTATE    an ablate/freq checkpoint (CRSCAN01), resumed on a tiny model, merged
+ *   INDSTATE     an induction checkpoint (CRINDU01), resumed on a tiny model
+ * The two state targets repair the trailing checksum first, so that mutations reach the
+ * parser and the resume logic instead of stopping at the checksum.  * Files are written under a per-process temporary directory, since the loaders read paths. */
 #define CONFREG_NO_MAIN
 #include "../../confreg.c"
 
@@ -53,6 +56,36 @@ static void fz_model(const char *path) {
 }
 
 static const char fz_config[] = "{\"model_type\": \"gpt2\", \"n_embd\": 8, \"n_layer\": 1, \"n_head\": 2, \"n_positions\": 4, \"vocab_size\": 4}";
+
+/* The state files end in an FNV-1a checksum of everything before it: recompute it. */
+static unsigned char *fz_fix_checksum(const uint8_t *data, size_t size) {
+    unsigned char *b = malloc(size ? size : 1);
+    if (!b) abort();
+    memcpy(b, data, size);
+    if (size >= 16) {
+        uint64_t h = cr_fnv64(b, size - 8, 0xcbf29ce484222325ull);
+        for (int k = 0; k < 8; k++) b[size - 8 + (size_t)k] = (unsigned char)(h >> (8 * k));
+    }
+    return b;
+}
+
+/* The tiny model and rows the state targets resume on (seeds: tests/fuzz/make_seeds.sh). */
+static cr_model *fz_tiny_model(void) {
+    static cr_model *m;
+    if (!m) {
+        cr_err e;
+        cr_synth_spec sp = {CR_ARCH_GPT2, 2, 16, 2, 32, 300, 16, 1, NULL, 5, 6};
+        if (cr_synth(&sp, &m, &e)) abort();
+    }
+    return m;
+}
+
+static void fz_tiny_rows(cr_rows *rows) {
+    int32_t stream[24];
+    for (int i = 0; i < 24; i++) stream[i] = 3 + (i * 7) % 250;
+    cr_err e;
+    if (cr_rows_make(rows, stream, 24, 9, fz_tiny_model()->cfg.bos_id, 0, &e)) abort();
+}
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     cr_err e;
@@ -140,6 +173,47 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 abort(); /* byte-level BPE must round-trip any valid UTF-8 exactly */
         }
         free(ids), free(back);
+    }
+#elif defined(FUZZ_SCANSTATE)
+    unsigned char *b = fz_fix_checksum(data, size);
+    fz_write("s.state", b, size);
+    free(b);
+    cr_scan st;
+    if (cr_scan_load(&st, fz_path("s.state"), &e) == CR_OK) {
+        cr_neuron_row *rows_out = calloc((size_t)st.n_neurons, sizeof *rows_out);
+        if (rows_out) cr_scan_results(&st, 1, rows_out);
+        free(rows_out);
+        cr_scan *parts[2] = {&st, &st};
+        const char *names[2] = {"a", "b"};
+        cr_scan merged;
+        if (cr_scan_merge(parts, names, 2, &merged, &e) == CR_OK) cr_scan_free(&merged);
+        /* A state that fits the tiny model's layer and rows must resume without harm. */
+        cr_model *m = fz_tiny_model();
+        cr_rows rows;
+        fz_tiny_rows(&rows);
+        cr_freqdir fd;
+        if (cr_freqdir_make(&fd, m->unigram, &e) == CR_OK) {
+            cr_ablate_spec sp = {st.layer, st.neurons, st.n_neurons, NULL, &fd, -1, (int)(st.fingerprint & 1), 1, 64};
+            (void)cr_scan_run(m, &rows, &sp, &st, NULL, NULL, &e);
+            cr_freqdir_free(&fd);
+        }
+        cr_rows_free(&rows);
+        cr_scan_free(&st);
+    }
+#elif defined(FUZZ_INDSTATE)
+    unsigned char *b = fz_fix_checksum(data, size);
+    fz_write("i.state", b, size);
+    cr_model *m = fz_tiny_model();
+    /* The seeds' analysis: N = 4, 2 sequences, neurons 1.0 and 1.1, BOS-ablated head 0.1. */
+    const cr_ind_dims dims = {9, 2, 4, 1};
+    uint64_t fp = size >= 16 ? cr_rd64(b + 8) : 0;
+    free(b);
+    cr_induction_result res;
+    if (cr_induction_load(&res, &dims, fp, fz_path("i.state"), &e) == CR_OK) {
+        int32_t seqs[8] = {10, 11, 12, 13, 20, 21, 22, 23};
+        int neurons[2] = {0, 1}, heads[2] = {0, 1};
+        cr_induction_spec sp = {4, 2, seqs, seqs, 2, neurons, 2, heads, 1, 1};
+        if (cr_induction(m, &sp, &res, NULL, NULL, &e) == CR_OK) cr_induction_result_free(&res);
     }
 #else
 #error "define one FUZZ_<TARGET>"

@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 S=tests/fuzz/seeds
 C=./confreg
-rm -rf $S && mkdir -p $S/{safetensors,config,gguf,llama2c,tokjson,gpt2vocab,tokbin,unigram,json,encode}
+rm -rf $S && mkdir -p $S/{safetensors,config,gguf,llama2c,tokjson,gpt2vocab,tokbin,unigram,json,encode,scanstate,indstate}
 T=$(mktemp -d)
 $C synth -o $S/gguf/gpt2.gguf --layers 1 --d 16 --heads 2 --d-mlp 32 --vocab 300 --ctx 16 --dtype q8_0 >/dev/null
 $C synth -o $S/gguf/llama.gguf --arch llama --layers 1 --d 16 --heads 2 --d-mlp 32 --vocab 300 --ctx 16 --dtype f16 >/dev/null
@@ -59,5 +59,12 @@ open(sys.argv[1], 'wb').write(out)
 PEOF
 printf '{"a": [1, 2.5e-3, true, false, null, "x\\u00e9\\ud83d\\ude00"], "b": {"c": {}}}' > $S/json/a.json
 printf 'Hello, world! \xc3\xa9\xe4\xb8\xad \xf0\x9f\xa6\x99 12345\n\n  tabs\tand spaces ' > $S/encode/text.txt
+# Checkpoints of the analysis the state targets resume (a 2-layer model with 32 neurons, 3 rows of 9).
+$C synth -o $T/tiny.gguf --layers 2 --d 16 --heads 2 --d-mlp 32 --vocab 300 --ctx 16 >/dev/null
+for i in 1 2 3 4 5 6; do printf 'the cat sat on the mat. ' >> $T/long.txt; done
+$C ablate $T/tiny.gguf $T/long.txt --rows 3 --ctx 9 --checkpoint $S/scanstate/ablate.state >/dev/null
+$C freq $T/tiny.gguf $T/long.txt --rows 3 --ctx 9 --top 5 --checkpoint $S/scanstate/freq.state >/dev/null
+$C ablate $T/tiny.gguf $T/long.txt --rows 3 --ctx 9 --neurons 1.3,1.7 --exact-recompute --shard 2/3 --checkpoint $S/scanstate/brute-shard.state >/dev/null
+$C induction $T/tiny.gguf $T/long.txt -N 4 --seqs 2 --neurons 1.0,1.1 --bos-ablate 0.1 --checkpoint $S/indstate/done.state >/dev/null
 rm -rf $T
 echo "seeds written to $S"
