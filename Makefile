@@ -81,7 +81,8 @@ fuzz-%: confreg.c confreg.h tests/fuzz/fuzz.c
 	    status=$$?; grep -E "ERROR|SUMMARY|number_of_executed_units|Test unit written" fuzz-out/$*.log; \
 	    echo "fuzz-$*: exit $$status"; exit $$status
 
-# A representative command set under valgrind's memcheck (no leaks, no invalid accesses).
+# A representative command set under valgrind's memcheck (no leaks, no invalid accesses),
+# including checkpointed shards and their merge.
 VALGRIND = valgrind --quiet --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite
 # valgrind knows AVX2 but not AVX-512, so this binary is built for x86-64-v3 (AVX2, FMA, F16C)
 # where the compiler offers it, and with no ISA assumptions otherwise.
@@ -95,6 +96,10 @@ valgrind: confreg.c confreg.h
 	$(VALGRIND) ./confreg-vg synth -o vg-out/s.gguf --layers 1 --d 32 --heads 2 --d-mlp 64 --ctx 64 --dtype q8_0 > /dev/null
 	$(VALGRIND) ./confreg-vg ablate vg-out/s.gguf data/tinystories-heldout.txt --rows 1 --ctx 32 --threads 1 --csv > /dev/null
 	$(VALGRIND) ./confreg-vg report vg-out/s.gguf data/tinystories-heldout.txt --rows 1 --ctx 32 -N 8 --seqs 2 --threads 1 -o vg-out/report
+	$(VALGRIND) ./confreg-vg freq vg-out/s.gguf data/tinystories-heldout.txt --rows 2 --ctx 32 --threads 1 --shard 1/2 --checkpoint vg-out/p1.ckpt > /dev/null
+	$(VALGRIND) ./confreg-vg freq vg-out/s.gguf data/tinystories-heldout.txt --rows 2 --ctx 32 --threads 1 --shard 2/2 --checkpoint vg-out/p2.ckpt > /dev/null
+	$(VALGRIND) ./confreg-vg merge vg-out/p1.ckpt vg-out/p2.ckpt --json > /dev/null
+	$(VALGRIND) ./confreg-vg induction vg-out/s.gguf data/tinystories-heldout.txt -N 8 --seqs 2 --threads 1 --checkpoint vg-out/i.ckpt > /dev/null
 	$(VALGRIND) ./confreg-vg generate vg-out/s.gguf --prompt "ab" -n 4 --threads 1 > /dev/null
 	@rm -rf vg-out
 	@echo "valgrind: clean"
