@@ -1482,6 +1482,145 @@ static void cr_dot_q8_x4(const unsigned char *w, size_t stride, const unsigned c
 #define CR_KERNEL_ISA "scalar"
 #endif
 
+/* ---- Q8_0 matrix-matrix product (prompt processing) -----------------------------------------
+ * y[t, r] for a tile of 4 rows x 8 tokens at once: 32 (row, token) accumulators stay in
+ * registers, so each weight block is loaded once per 8 tokens instead of once per token.
+ * Every result is bit-identical to cr_dot_q8_x4's: per block the same exact int32 sums of
+ * 4 products in 8 lanes, the same float scale dx*dw, one fmadd into that (row, token)'s 8-lane
+ * accumulator in block order, and the same horizontal sum.  So prompt processing and one-token
+ * decoding agree bit for bit and nothing depends on how rows or tokens are tiled.
+ *
+ * The AVX-512 VNNI kernel puts two tokens in one 512-bit register.  dpbusd multiplies
+ * unsigned by signed bytes; activations are stored as x+128 (unsigned) and each lane starts
+ * from -128 * (sum of its 4 weights), which makes the sum exactly sum w*x without the
+ * per-pair sign instructions of the 256-bit kernels. */
+
+/* Scratch for the tiled product, owned by a session (no allocation in the forward pass). */
+typedef struct cr_gemm_buf {
+    unsigned char *xp;  /* [max_tok/8 tiles, max_nb, 4 token pairs, 128]: x+128 of both tokens, then 16 floats dx */
+    unsigned char *wt;  /* [n_threads, max_nb, 4 rows, 64]: 32 weights, then 8 int32 -128*(sum of 4 weights) */
+    float *dws;         /* [n_threads, max_nb, 4] weight scales */
+    int max_tok, n_threads;
+    int64_t max_nb;
+} cr_gemm_buf;
+
+#define CR_GEMM_TOK 8            /* tokens per tile */
+#define CR_GEMM_XP 128           /* packed bytes per token pair and block */
+#define CR_GEMM_MAX_TOK 512      /* tokens packed at once (bounds the scratch) */
+
+/* The scalar twin: each (row, token) from the scalar dot product. */
+CR_UNUSED static void cr_gemm_q8_scalar(const unsigned char *w, uint64_t rb, int64_t rows, const unsigned char *xq, uint64_t xqb, int n, int64_t cols, float *y, int64_t ldy) {
+    for (int t = 0; t < n; t++)
+        for (int64_t r = 0; r < rows; r++) y[(int64_t)t * ldy + r] = cr_dot_q8_scalar(w + (uint64_t)r * rb, xq + (uint64_t)t * xqb, cols);
+}
+
+#if defined(CR_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define CR_GEMM_Q8 1
+#define CR_GEMM_ISA "avx512vnni"
+/* Packs token tile tt (tokens 8tt..8tt+7; those at or past n become zeros). */
+static void cr_gemm_pack_x(const unsigned char *xq, uint64_t xqb, int n, int64_t nb, int tt, unsigned char *dst) {
+    const __m256i k80 = _mm256_set1_epi8((char)0x80);
+    for (int64_t b = 0; b < nb; b++)
+        for (int j = 0; j < CR_GEMM_TOK; j++) {
+            int t = tt * CR_GEMM_TOK + j;
+            unsigned char *d = dst + ((uint64_t)b * 4 + (uint64_t)(j / 2)) * CR_GEMM_XP;
+            __m256i q = k80;
+            float dx = 0;
+            if (t < n) {
+                const unsigned char *src = xq + (uint64_t)t * xqb + (uint64_t)b * CR_Q8_BLOCK_BYTES;
+                q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + 2)), k80);
+                dx = cr_f16_fast(cr_rd16(src));
+            }
+            _mm256_store_si256((__m256i *)(d + 32 * (j & 1)), q);
+            _mm256_store_ps((float *)(void *)(d + 64 + 32 * (j & 1)), _mm256_set1_ps(dx));
+        }
+}
+/* Packs 4 weight rows: blocks interleaved by row, with each lane's -128*(sum of 4 weights). */
+static void cr_gemm_pack_w(const unsigned char *w, uint64_t rb, int64_t nb, unsigned char *wt, float *dws) {
+    const __m256i k80 = _mm256_set1_epi8((char)0x80), z = _mm256_setzero_si256();
+    for (int64_t b = 0; b < nb; b++)
+        for (int k = 0; k < 4; k++) {
+            const unsigned char *src = w + (uint64_t)k * rb + (uint64_t)b * CR_Q8_BLOCK_BYTES;
+            __m256i q = _mm256_loadu_si256((const __m256i *)(src + 2));
+            unsigned char *d = wt + ((uint64_t)b * 4 + (uint64_t)k) * 64;
+            _mm256_store_si256((__m256i *)d, q);
+            _mm256_store_si256((__m256i *)(d + 32), _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, k80, q)));
+            dws[b * 4 + k] = cr_f16_fast(cr_rd16(src));
+        }
+}
+/* One tile: 4 packed rows against 8 packed tokens; out[k][j] for row k, token j. */
+static void cr_gemm_q8_tile(const unsigned char *wt, const float *dws, const unsigned char *xp, int64_t nb, float out[4][CR_GEMM_TOK]) {
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    for (int64_t b = 0; b < nb; b++) {
+        const unsigned char *xb = xp + (uint64_t)b * 4 * CR_GEMM_XP, *wb = wt + (uint64_t)b * 256;
+        const __m512i x0 = _mm512_load_si512(xb), x1 = _mm512_load_si512(xb + 128), x2 = _mm512_load_si512(xb + 256), x3 = _mm512_load_si512(xb + 384);
+#define CR_DX(p) _mm512_load_ps((const float *)(const void *)(xb + 128 * (p) + 64))
+#define CR_PAIR(acc, xv, p) acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, CR_DX(p)), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, xv, wv)), acc)
+#define CR_ROWK(k, c0, c1, c2, c3) do { \
+            const __m512i wv = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(wb + 64 * (k)))); \
+            const __m512i cv = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(wb + 64 * (k) + 32))); \
+            const __m512 dw = _mm512_set1_ps(dws[b * 4 + (k)]); \
+            CR_PAIR(c0, x0, 0); CR_PAIR(c1, x1, 1); CR_PAIR(c2, x2, 2); CR_PAIR(c3, x3, 3); } while (0)
+        CR_ROWK(0, a00, a01, a02, a03);
+        CR_ROWK(1, a10, a11, a12, a13);
+        CR_ROWK(2, a20, a21, a22, a23);
+        CR_ROWK(3, a30, a31, a32, a33);
+#undef CR_ROWK
+#undef CR_PAIR
+#undef CR_DX
+    }
+#define CR_OUT(k, p, acc) out[k][2 * (p)] = cr_hsum256(_mm512_castps512_ps256(acc)), \
+        out[k][2 * (p) + 1] = cr_hsum256(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)))
+    CR_OUT(0, 0, a00); CR_OUT(0, 1, a01); CR_OUT(0, 2, a02); CR_OUT(0, 3, a03);
+    CR_OUT(1, 0, a10); CR_OUT(1, 1, a11); CR_OUT(1, 2, a12); CR_OUT(1, 3, a13);
+    CR_OUT(2, 0, a20); CR_OUT(2, 1, a21); CR_OUT(2, 2, a22); CR_OUT(2, 3, a23);
+    CR_OUT(3, 0, a30); CR_OUT(3, 1, a31); CR_OUT(3, 2, a32); CR_OUT(3, 3, a33);
+#undef CR_OUT
+}
+
+/* y[t, r] (+ bias) for rows r < R/4*4 and t < n (n <= CR_GEMM_MAX_TOK); xq is [n, nb] Q8_0. */
+static void cr_gemm_q8(const cr_mat *w, const unsigned char *xq, int n, float *y, const float *bias, int n_threads, const cr_gemm_buf *gb) {
+    const int64_t R = w->rows, nb = w->cols / CR_QK, nrt = R / 4;
+    const uint64_t rb = cr_row_bytes(CR_Q8_0, (uint64_t)w->cols);
+    const int ntt = (n + CR_GEMM_TOK - 1) / CR_GEMM_TOK;
+    /* Token tiles per pass over a thread's weight rows: their packed activations (~384 KiB)
+     * stay in L2 while the rows stream past. */
+    int chunk = (int)(393216 / (nb * 4 * CR_GEMM_XP));
+    if (chunk < 1) chunk = 1;
+    int nth = cr_threads(n_threads);
+    if (nth > gb->n_threads) nth = gb->n_threads;
+#pragma omp parallel num_threads(nth) if (R * w->cols * n >= CR_PAR_MIN)
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
+#else
+        const int tid = 0, nthr = 1;
+#endif
+#pragma omp for schedule(static)
+        for (int tt = 0; tt < ntt; tt++) cr_gemm_pack_x(xq, rb, n, nb, tt, gb->xp + (uint64_t)tt * (uint64_t)nb * 4 * CR_GEMM_XP);
+        const int64_t per = (nrt + nthr - 1) / nthr, rt0 = tid * per, rt1 = rt0 + per < nrt ? rt0 + per : nrt;
+        unsigned char *wt = gb->wt + (uint64_t)tid * (uint64_t)gb->max_nb * 256;
+        float *dws = gb->dws + (uint64_t)tid * (uint64_t)gb->max_nb * 4;
+        for (int c0 = 0; c0 < ntt; c0 += chunk) {
+            const int c1 = c0 + chunk < ntt ? c0 + chunk : ntt;
+            for (int64_t rt = rt0; rt < rt1; rt++) {
+                cr_gemm_pack_w(w->data + (uint64_t)rt * 4 * rb, rb, nb, wt, dws);
+                for (int tt = c0; tt < c1; tt++) {
+                    float o[4][CR_GEMM_TOK];
+                    cr_gemm_q8_tile(wt, dws, gb->xp + (uint64_t)tt * (uint64_t)nb * 4 * CR_GEMM_XP, nb, o);
+                    for (int j = 0; j < CR_GEMM_TOK && tt * CR_GEMM_TOK + j < n; j++)
+                        for (int k = 0; k < 4; k++) {
+                            const int64_t r = rt * 4 + k;
+                            y[(int64_t)(tt * CR_GEMM_TOK + j) * R + r] = o[k][j] + (bias ? bias[r] : 0.0f);
+                        }
+                }
+            }
+        }
+    }
+}
+#endif
+
 /* ---- the fused ablation kernel --------------------------------------------------------------
  * For one (token, neuron) pair and a chunk of the vocabulary, with a = z0 + delta g:
  *   TE logits  zt = a inv_t + b,   DE logits  zd = a inv_d + b,   frequency-restored zf = zt + cf v,
@@ -1633,6 +1772,97 @@ static void cr_fused_chunk(const float *z0, const float *g, const float *b, cons
 #define CR_FUSED_ISA "scalar"
 #endif
 
+
+/* ---- attention kernels -----------------------------------------------------------------------
+ * Four query-key dot products at once and the probability-weighted sum of value rows.  Both
+ * do exactly the arithmetic of the one-at-a-time code they replace (cr_dot_f32 per key; per
+ * element a rounded product, then a sum, over keys in order), so attention outputs keep every
+ * bit; they only share loads and keep the output row in registers. */
+
+/* out[k] = cr_dot_f32(q, kv + k*stride, n) for k < 4. */
+#if defined(CR_AVX2)
+static void cr_dot_f32_x4(const float *q, const float *kv, size_t stride, int64_t n, float *out) {
+    const float *k0 = kv, *k1 = kv + stride, *k2 = kv + 2 * stride, *k3 = kv + 3 * stride;
+    __m256 s00 = _mm256_setzero_ps(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00, s30 = s00, s31 = s00;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 qa = _mm256_loadu_ps(q + i), qb = _mm256_loadu_ps(q + i + 8);
+        s00 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + i), s00), s01 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k0 + i + 8), s01);
+        s10 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + i), s10), s11 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k1 + i + 8), s11);
+        s20 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + i), s20), s21 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k2 + i + 8), s21);
+        s30 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + i), s30), s31 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k3 + i + 8), s31);
+    }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 qa = _mm256_loadu_ps(q + i);
+        s00 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + i), s00), s10 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + i), s10);
+        s20 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + i), s20), s30 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + i), s30);
+    }
+    float r0 = cr_hsum256(_mm256_add_ps(s00, s01)), r1 = cr_hsum256(_mm256_add_ps(s10, s11));
+    float r2 = cr_hsum256(_mm256_add_ps(s20, s21)), r3 = cr_hsum256(_mm256_add_ps(s30, s31));
+    for (; i < n; i++) r0 += q[i] * k0[i], r1 += q[i] * k1[i], r2 += q[i] * k2[i], r3 += q[i] * k3[i];
+    out[0] = r0, out[1] = r1, out[2] = r2, out[3] = r3;
+}
+#else
+static void cr_dot_f32_x4(const float *q, const float *kv, size_t stride, int64_t n, float *out) {
+    for (int k = 0; k < 4; k++) out[k] = cr_dot_f32(q, kv + (size_t)k * stride, n);
+}
+#endif
+
+/* out[i] = sum over j in [j0, j1] of p[j] * v[j*stride + i] for i < n, keys in order; with
+ * skip_zero, keys of probability 0 are left out. */
+CR_UNUSED static void cr_attn_pv_scalar(const float *p, const float *v, size_t stride, int j0, int j1, int n, int skip_zero, float *out) {
+    memset(out, 0, (size_t)n * sizeof *out);
+    for (int j = j0; j <= j1; j++) {
+        if (skip_zero && p[j] == 0.0f) continue;
+        const float *vj = v + (size_t)j * stride;
+        for (int i = 0; i < n; i++) out[i] += p[j] * vj[i];
+    }
+}
+#if defined(CR_AVX2) || defined(CR_NEON)
+#if defined(CR_AVX2) && defined(__AVX512F__)
+#define CR_PV_W 16
+typedef __m512 cr_pv_vec;
+#define cr_pv_zero() _mm512_setzero_ps()
+#define cr_pv_step(acc, pj, vp) _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(pj), _mm512_loadu_ps(vp)))
+#define cr_pv_store(dst, acc) _mm512_storeu_ps(dst, acc)
+#elif defined(CR_AVX2)
+#define CR_PV_W 8
+typedef __m256 cr_pv_vec;
+#define cr_pv_zero() _mm256_setzero_ps()
+#define cr_pv_step(acc, pj, vp) _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(pj), _mm256_loadu_ps(vp)))
+#define cr_pv_store(dst, acc) _mm256_storeu_ps(dst, acc)
+#else
+#define CR_PV_W 4
+typedef float32x4_t cr_pv_vec;
+#define cr_pv_zero() vdupq_n_f32(0)
+#define cr_pv_step(acc, pj, vp) vaddq_f32(acc, vmulq_n_f32(vld1q_f32(vp), pj))
+#define cr_pv_store(dst, acc) vst1q_f32(dst, acc)
+#endif
+static void cr_attn_pv(const float *p, const float *v, size_t stride, int j0, int j1, int n, int skip_zero, float *out) {
+    int i = 0;
+    /* four vectors of outputs per pass over the keys */
+    for (; i + 4 * CR_PV_W <= n; i += 4 * CR_PV_W) {
+        cr_pv_vec a0 = cr_pv_zero(), a1 = a0, a2 = a0, a3 = a0;
+        for (int j = j0; j <= j1; j++) {
+            const float pj = p[j];
+            if (skip_zero && pj == 0.0f) continue;
+            const float *vj = v + (size_t)j * stride + i;
+            a0 = cr_pv_step(a0, pj, vj), a1 = cr_pv_step(a1, pj, vj + CR_PV_W);
+            a2 = cr_pv_step(a2, pj, vj + 2 * CR_PV_W), a3 = cr_pv_step(a3, pj, vj + 3 * CR_PV_W);
+        }
+        cr_pv_store(out + i, a0), cr_pv_store(out + i + CR_PV_W, a1), cr_pv_store(out + i + 2 * CR_PV_W, a2), cr_pv_store(out + i + 3 * CR_PV_W, a3);
+    }
+    for (; i + CR_PV_W <= n; i += CR_PV_W) {
+        cr_pv_vec a0 = cr_pv_zero();
+        for (int j = j0; j <= j1; j++)
+            if (!skip_zero || p[j] != 0.0f) a0 = cr_pv_step(a0, p[j], v + (size_t)j * stride + i);
+        cr_pv_store(out + i, a0);
+    }
+    if (i < n) cr_attn_pv_scalar(p, v + i, stride, j0, j1, n - i, skip_zero, out + i);
+}
+#else
+#define cr_attn_pv cr_attn_pv_scalar
+#endif
 /* One row of a matrix as floats (embedding lookups, weight analyses). */
 static void cr_mat_row(const cr_mat *w, int64_t r, float *out) {
     if (w->trans) {
@@ -1656,7 +1886,7 @@ static void cr_mat_row(const cr_mat *w, int64_t r, float *out) {
  * (one row of cols/32 blocks per position) when W is Q8_0 and not precise.  Rows are split
  * across threads; each weight row is read once for all n positions. */
 static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, int n, float *y,
-                      const float *bias, int n_threads, int reference) {
+                      const float *bias, int n_threads, int reference, const cr_gemm_buf *gb) {
     const int64_t R = w->rows, C = w->cols;
     (void)n_threads;
     if (w->trans) {
@@ -1688,8 +1918,19 @@ static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, 
     const uint64_t rb = cr_row_bytes(w->dtype, (uint64_t)C);
     const uint64_t xqb = cr_row_bytes(CR_Q8_0, (uint64_t)C);
     if (w->dtype == CR_Q8_0 && xq && !reference) {
-        /* Groups of four rows share every activation block they read. */
         const int64_t R4 = R / 4 * 4;
+#if defined(CR_GEMM_Q8)
+        /* Several tokens: the tiled product, in slices of at most CR_GEMM_MAX_TOK tokens. */
+        if (gb && n >= 2 && C / CR_QK <= gb->max_nb) {
+            for (int t0 = 0; t0 < n; t0 += gb->max_tok) {
+                int nt = n - t0 < gb->max_tok ? n - t0 : gb->max_tok;
+                cr_gemm_q8(w, xq + (uint64_t)t0 * xqb, nt, y + (int64_t)t0 * R, bias, n_threads, gb);
+            }
+        } else
+#else
+        (void)gb;
+#endif
+        /* Groups of four rows share every activation block they read. */
 #pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(static) if (R * C * n >= CR_PAR_MIN)
         for (int64_t r = 0; r < R4; r += 4) {
             const unsigned char *wr = w->data + (uint64_t)r * rb;
@@ -2361,6 +2602,7 @@ struct cr_session {
     size_t probs_cap;
     float *scores;   /* [n_threads, P] */
     unsigned char *xq; /* [P, max_cols/32*34] quantized activations */
+    cr_gemm_buf gemm;  /* scratch of the tiled Q8_0 product (xp NULL: none) */
     float *kc, *vc;  /* [L, P, K*hd]  key/value cache */
     double *rope_cos, *rope_sin; /* [P, rotary_dims/2] */
 };
@@ -2370,6 +2612,7 @@ void cr_session_close(cr_session *s) {
     float *bufs[] = {s->x, s->h, s->h2, s->qkv, s->q, s->att, s->o, s->up, s->gate, s->scale, s->probs, s->scores, s->kc, s->vc};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->xq);
+    free(s->gemm.xp), free(s->gemm.wt), free(s->gemm.dws);
     free(s->rope_cos);
     free(s->rope_sin);
     free(s);
@@ -2403,6 +2646,23 @@ int cr_session_open(const cr_model *m, int max_pos, int n_threads, cr_session **
     s->scores = cr_malloc((size_t)s->n_threads * P, 4);
     s->xq = cr_malloc(P, (maxc + CR_QK - 1) / CR_QK * CR_Q8_BLOCK_BYTES);
     s->kc = cr_malloc(L * P, K * hd * 4), s->vc = cr_malloc(L * P, K * hd * 4);
+#if defined(CR_GEMM_Q8)
+    {
+        /* 64-byte aligned for the tile kernel's loads; sizes rounded up to 64 for aligned_alloc. */
+        cr_gemm_buf *g = &s->gemm;
+        g->max_tok = max_pos < CR_GEMM_MAX_TOK ? max_pos : CR_GEMM_MAX_TOK;
+        g->max_nb = (int64_t)(maxc / CR_QK);
+        g->n_threads = s->n_threads;
+        size_t ntile = (size_t)(g->max_tok + CR_GEMM_TOK - 1) / CR_GEMM_TOK, nbm = (size_t)g->max_nb ? (size_t)g->max_nb : 1;
+        g->xp = aligned_alloc(64, ntile * nbm * 4 * CR_GEMM_XP);
+        g->wt = aligned_alloc(64, (size_t)g->n_threads * nbm * 256);
+        g->dws = aligned_alloc(64, ((size_t)g->n_threads * nbm * 16 + 63) / 64 * 64);
+        if (!g->xp || !g->wt || !g->dws) {
+            cr_session_close(s);
+            return cr_fail(err, CR_ENOMEM, "out of memory allocating a session for %d positions", max_pos);
+        }
+    }
+#endif
     size_t nr = (size_t)(c->rotary_dims / 2);
     s->rope_cos = cr_malloc(P * (nr ? nr : 1), 8), s->rope_sin = cr_malloc(P * (nr ? nr : 1), 8);
     if (!s->x || !s->h || !s->h2 || !s->qkv || !s->q || !s->att || !s->o || !s->up || !s->gate || !s->scale || !s->scores ||
@@ -2472,7 +2732,7 @@ static void cr_linear(cr_session *s, const cr_mat *w, const float *x, int n, flo
         cr_quantize_rows(s, x, n, w->cols);
         xq = s->xq;
     }
-    cr_matmul(w, x, xq, n, y, bias, s->n_threads, s->reference);
+    cr_matmul(w, x, xq, n, y, bias, s->n_threads, s->reference, s->gemm.xp ? &s->gemm : NULL);
 }
 
 /* Softmax attention of n new queries (positions pos0..) over all keys up to each query. */
@@ -2497,12 +2757,22 @@ static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_cap
             const float *qh = s->q + (size_t)t * (size_t)H * (size_t)hd + (size_t)h * (size_t)hd;
             int last = pos0 + t, first = win > 0 && last - win + 1 > 0 ? last - win + 1 : 0;
             float mx = -INFINITY;
-            for (int j = 0; j < n_keys; j++) {
-                if (j < first || j > last) { sc[j] = -INFINITY; continue; }
-                const float *kj = kc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd;
-                sc[j] = (s->reference ? cr_dot_f32_scalar(qh, kj, hd) : cr_dot_f32(qh, kj, hd)) * scale;
-                if (sc[j] > mx) mx = sc[j];
+            const float *kh = kc + (size_t)(h / group) * (size_t)hd, *vh = vc + (size_t)(h / group) * (size_t)hd;
+            for (int j = 0; j < first; j++) sc[j] = -INFINITY;
+            for (int j = last + 1; j < n_keys; j++) sc[j] = -INFINITY;
+            int jk = first;
+            if (!s->reference) /* four keys at a time, each exactly as cr_dot_f32 */
+                for (; jk + 3 <= last; jk += 4) {
+                    float d4[4];
+                    cr_dot_f32_x4(qh, kh + (size_t)jk * kvw, kvw, hd, d4);
+                    for (int k = 0; k < 4; k++) sc[jk + k] = d4[k] * scale;
+                }
+            for (; jk <= last; jk++) {
+                const float *kj = kh + (size_t)jk * kvw;
+                sc[jk] = (s->reference ? cr_dot_f32_scalar(qh, kj, hd) : cr_dot_f32(qh, kj, hd)) * scale;
             }
+            for (jk = first; jk <= last; jk++)
+                if (sc[jk] > mx) mx = sc[jk];
             double sum = 0;
             for (int j = 0; j < n_keys; j++) {
                 float e = j < first || j > last ? 0.0f : expf(sc[j] - mx);
@@ -2513,11 +2783,8 @@ static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_cap
             for (int j = 0; j < n_keys; j++) sc[j] *= inv;
             if (!probs) {
                 float *out = s->att + (size_t)t * (size_t)H * (size_t)hd + (size_t)h * (size_t)hd;
-                memset(out, 0, (size_t)hd * sizeof *out);
-                for (int j = first; j <= last; j++) {
-                    const float *vj = vc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd;
-                    for (int i = 0; i < hd; i++) out[i] += sc[j] * vj[i];
-                }
+                if (s->reference) cr_attn_pv_scalar(sc, vh, kvw, first, last, hd, 0, out);
+                else cr_attn_pv(sc, vh, kvw, first, last, hd, 0, out);
             }
         }
     if (!probs) return;
@@ -2528,12 +2795,9 @@ static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_cap
         for (int t = 0; t < n; t++) {
             const float *pr = probs + ((size_t)h * (size_t)n + (size_t)t) * (size_t)n_keys;
             float *out = s->att + (size_t)t * (size_t)H * (size_t)hd + (size_t)h * (size_t)hd;
-            memset(out, 0, (size_t)hd * sizeof *out);
-            for (int j = 0; j < n_keys; j++) {
-                if (pr[j] == 0.0f) continue;
-                const float *vj = vc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd;
-                for (int i = 0; i < hd; i++) out[i] += pr[j] * vj[i];
-            }
+            const float *vh = vc + (size_t)(h / group) * (size_t)hd;
+            if (s->reference) cr_attn_pv_scalar(pr, vh, kvw, 0, n_keys - 1, hd, 1, out);
+            else cr_attn_pv(pr, vh, kvw, 0, n_keys - 1, hd, 1, out);
         }
 }
 
@@ -8285,10 +8549,10 @@ static int cmd_speed(int argc, char **argv) {
         cr_quantize_q8_0(xf, xq, cols);
         cr_mat w = {CR_Q8_0, rows, cols, W, 0};
         double *t = cr_malloc((size_t)r, 8);
-        cr_matmul(&w, xf, xq, 1, y, NULL, nt, 0); /* warm-up: pages in, caches settled */
+        cr_matmul(&w, xf, xq, 1, y, NULL, nt, 0, NULL); /* warm-up: pages in, caches settled */
         for (long k = 0; k < r; k++) {
             double t0 = cr_now();
-            cr_matmul(&w, xf, xq, 1, y, NULL, nt, 0);
+            cr_matmul(&w, xf, xq, 1, y, NULL, nt, 0, NULL);
             t[k] = cr_now() - t0;
         }
         qsort(t, (size_t)r, 8, cli_cmp_double);
