@@ -1233,7 +1233,7 @@ typedef struct cr_mat {
 
 /* Quantizes n floats (n % 32 == 0) into n/32 Q8_0 blocks: round to nearest, clamp to ±127,
  * and a zero block gets scale 0 instead of a division by zero. */
-static void cr_quantize_q8_0(const float *x, unsigned char *out, int64_t n) {
+CR_UNUSED static void cr_quantize_q8_0_scalar(const float *x, unsigned char *out, int64_t n) {
     for (int64_t b = 0; b < n / CR_QK; b++) {
         const float *xb = x + b * CR_QK;
         unsigned char *ob = out + b * CR_Q8_BLOCK_BYTES;
@@ -1250,6 +1250,40 @@ static void cr_quantize_q8_0(const float *x, unsigned char *out, int64_t n) {
         }
     }
 }
+
+/* The same bytes 16 lanes at a time: roundf (half away from zero) is trunc plus the sign
+ * where the exact remainder is at least a half; NaN becomes 0 as above. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(CONFREG_PORTABLE)
+static void cr_quantize_q8_0(const float *x, unsigned char *out, int64_t n) {
+    const __m512 absm = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff)), half = _mm512_set1_ps(0.5f);
+    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t b = 0; b < n / CR_QK; b++) {
+        const float *xb = x + b * CR_QK;
+        unsigned char *ob = out + b * CR_Q8_BLOCK_BYTES;
+        const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+        /* max(|x|, m) keeps m where x is NaN, as fmaxf does */
+        __m512 m = _mm512_max_ps(_mm512_and_ps(v0, absm), _mm512_setzero_ps());
+        m = _mm512_max_ps(_mm512_and_ps(v1, absm), m);
+        float amax = _mm512_reduce_max_ps(m);
+        float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        uint16_t dh = cr_f32_to_f16(d);
+        ob[0] = (unsigned char)dh, ob[1] = (unsigned char)(dh >> 8);
+        const __m512 vid = _mm512_set1_ps(id);
+        for (int h = 0; h < 2; h++) {
+            __m512 v = _mm512_mul_ps(h ? v1 : v0, vid);
+            __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __mmask16 up = _mm512_cmp_ps_mask(_mm512_and_ps(_mm512_sub_ps(v, t), absm), half, _CMP_GE_OQ);
+            t = _mm512_mask_add_ps(t, up, t, _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_andnot_ps(absm, v)));
+            __mmask16 nan = _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
+            t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+            t = _mm512_mask_mov_ps(t, nan, _mm512_setzero_ps());
+            _mm_storeu_si128((__m128i *)(void *)(ob + 2 + 16 * h), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(t)));
+        }
+    }
+}
+#else
+#define cr_quantize_q8_0 cr_quantize_q8_0_scalar
+#endif
 
 static void cr_dequantize_q8_0(const unsigned char *q, float *out, int64_t n) {
     for (int64_t b = 0; b < n / CR_QK; b++) {
@@ -1508,6 +1542,27 @@ typedef struct cr_gemm_buf {
 #define CR_GEMM_XP 128           /* packed bytes per token pair and block */
 #define CR_GEMM_MAX_TOK 512      /* tokens packed at once (bounds the scratch) */
 
+static void cr_gemm_buf_free(cr_gemm_buf *g) {
+    free(g->xp), free(g->wt), free(g->dws);
+    memset(g, 0, sizeof *g);
+}
+
+/* Scratch for up to max_tok tokens (more go in slices) and rows of up to max_nb blocks;
+ * 64-byte aligned for the tile kernel.  Returns 0 or CR_ENOMEM. */
+CR_UNUSED static int cr_gemm_buf_init(cr_gemm_buf *g, int max_tok, int64_t max_nb, int n_threads) {
+    memset(g, 0, sizeof *g);
+    g->max_tok = max_tok < CR_GEMM_MAX_TOK ? max_tok : CR_GEMM_MAX_TOK;
+    g->max_nb = max_nb > 0 ? max_nb : 1;
+    g->n_threads = n_threads > 0 ? n_threads : 1;
+    size_t ntile = (size_t)(g->max_tok + CR_GEMM_TOK - 1) / CR_GEMM_TOK, nbm = (size_t)g->max_nb;
+    if (nbm > SIZE_MAX / 4 / CR_GEMM_XP / (ntile + (size_t)g->n_threads)) return CR_ENOMEM;
+    g->xp = aligned_alloc(64, ntile * nbm * 4 * CR_GEMM_XP);
+    g->wt = aligned_alloc(64, (size_t)g->n_threads * nbm * 256);
+    g->dws = aligned_alloc(64, ((size_t)g->n_threads * nbm * 16 + 63) / 64 * 64);
+    if (!g->xp || !g->wt || !g->dws) { cr_gemm_buf_free(g); return CR_ENOMEM; }
+    return CR_OK;
+}
+
 /* The scalar twin: each (row, token) from the scalar dot product. */
 CR_UNUSED static void cr_gemm_q8_scalar(const unsigned char *w, uint64_t rb, int64_t rows, const unsigned char *xq, uint64_t xqb, int n, int64_t cols, float *y, int64_t ldy) {
     for (int t = 0; t < n; t++)
@@ -1619,6 +1674,8 @@ static void cr_gemm_q8(const cr_mat *w, const unsigned char *xq, int n, float *y
         }
     }
 }
+#else
+#define CR_GEMM_ISA "none (four rows, one token at a time)"
 #endif
 
 /* ---- the fused ablation kernel --------------------------------------------------------------
@@ -2612,7 +2669,7 @@ void cr_session_close(cr_session *s) {
     float *bufs[] = {s->x, s->h, s->h2, s->qkv, s->q, s->att, s->o, s->up, s->gate, s->scale, s->probs, s->scores, s->kc, s->vc};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->xq);
-    free(s->gemm.xp), free(s->gemm.wt), free(s->gemm.dws);
+    cr_gemm_buf_free(&s->gemm);
     free(s->rope_cos);
     free(s->rope_sin);
     free(s);
@@ -2647,20 +2704,9 @@ int cr_session_open(const cr_model *m, int max_pos, int n_threads, cr_session **
     s->xq = cr_malloc(P, (maxc + CR_QK - 1) / CR_QK * CR_Q8_BLOCK_BYTES);
     s->kc = cr_malloc(L * P, K * hd * 4), s->vc = cr_malloc(L * P, K * hd * 4);
 #if defined(CR_GEMM_Q8)
-    {
-        /* 64-byte aligned for the tile kernel's loads; sizes rounded up to 64 for aligned_alloc. */
-        cr_gemm_buf *g = &s->gemm;
-        g->max_tok = max_pos < CR_GEMM_MAX_TOK ? max_pos : CR_GEMM_MAX_TOK;
-        g->max_nb = (int64_t)(maxc / CR_QK);
-        g->n_threads = s->n_threads;
-        size_t ntile = (size_t)(g->max_tok + CR_GEMM_TOK - 1) / CR_GEMM_TOK, nbm = (size_t)g->max_nb ? (size_t)g->max_nb : 1;
-        g->xp = aligned_alloc(64, ntile * nbm * 4 * CR_GEMM_XP);
-        g->wt = aligned_alloc(64, (size_t)g->n_threads * nbm * 256);
-        g->dws = aligned_alloc(64, ((size_t)g->n_threads * nbm * 16 + 63) / 64 * 64);
-        if (!g->xp || !g->wt || !g->dws) {
-            cr_session_close(s);
-            return cr_fail(err, CR_ENOMEM, "out of memory allocating a session for %d positions", max_pos);
-        }
+    if (cr_gemm_buf_init(&s->gemm, max_pos, (int64_t)(maxc / CR_QK), s->n_threads)) {
+        cr_session_close(s);
+        return cr_fail(err, CR_ENOMEM, "out of memory allocating a session for %d positions", max_pos);
     }
 #endif
     size_t nr = (size_t)(c->rotary_dims / 2);
@@ -2722,6 +2768,7 @@ static void cr_rope(const cr_session *s, float *v, int n_heads, int pos) {
 static void cr_quantize_rows(cr_session *s, const float *x, int n, int64_t cols) {
     if (cols % CR_QK) return;
     uint64_t rb = cr_row_bytes(CR_Q8_0, (uint64_t)cols);
+#pragma omp parallel for num_threads(s->n_threads) schedule(static) if ((int64_t)n * cols >= CR_PAR_MIN)
     for (int t = 0; t < n; t++) cr_quantize_q8_0(x + t * cols, s->xq + (uint64_t)t * rb, cols);
 }
 
@@ -2807,6 +2854,8 @@ static void cr_mlp(cr_session *s, const cr_layer *L, int layer, const float *in,
     cr_linear(s, &L->w_up, in, n, s->up, L->b_up);
     if (c->gated_mlp) cr_linear(s, &L->w_gate, in, n, s->gate, NULL);
     float *a = c->gated_mlp ? s->gate : s->up;
+    /* libm's tanhf, erff and expf dominate here: worth threads even for one token. */
+#pragma omp parallel for num_threads(s->n_threads) schedule(static) if ((int64_t)n * f >= 2048)
     for (int64_t i = 0; i < (int64_t)n * f; i++) {
         float v = a[i];
         v = c->act == 0 ? cr_gelu_erf(v) : c->act == 1 ? cr_gelu_tanh(v) : cr_silu(v);
@@ -8430,6 +8479,27 @@ static int cmd_selftest(int argc, char **argv) {
         for (int k = 0; k < 4; k++) worst4 = fmax(worst4, cli_rel(v4[k], v0[k]));
     }
     cli_report_check(&ck, worst4 < 1e-4, "dot q8_0 x q8_0, four rows", "max relative difference from the scalar twin %.2e", worst4);
+    /* The tiled Q8_0 product must equal the four-row kernel bit for bit (13 rows x 11 tokens of
+     * 256 columns, cut from the same buffers), and SIMD quantization the scalar bytes. */
+    {
+        enum { TR = 13, TT = 11, TC = 256 };
+        float *y1 = cr_malloc(TR * TT, 4), *y0 = cr_malloc(TR * TT, 4);
+        unsigned char *q2 = cr_malloc(NMAX / CR_QK, CR_Q8_BLOCK_BYTES);
+        cr_gemm_buf gb;
+        int ok = y1 && y0 && q2 && !cr_gemm_buf_init(&gb, 8, TC / CR_QK, threads), same = 0, qsame = 0;
+        if (ok) {
+            cr_mat tw = {CR_Q8_0, TR, TC, qw, 0};
+            cr_matmul(&tw, NULL, qx, TT, y1, NULL, threads, 0, &gb);
+            cr_matmul(&tw, NULL, qx, TT, y0, NULL, 1, 0, NULL);
+            same = memcmp(y1, y0, TR * TT * 4) == 0;
+            cr_quantize_q8_0_scalar(x, q2, NMAX);
+            qsame = memcmp(q2, qx, (size_t)NMAX / CR_QK * CR_Q8_BLOCK_BYTES) == 0;
+            cr_gemm_buf_free(&gb);
+        }
+        cli_report_check(&ck, ok && same, "q8_0 tiled product (" CR_GEMM_ISA ")", "%s", same ? "bit-identical to the four-row kernel" : "differs from the four-row kernel");
+        cli_report_check(&ck, ok && qsame, "q8_0 quantization", "%s", qsame ? "SIMD bytes equal the scalar twin's" : "SIMD bytes differ from the scalar twin's");
+        free(y1), free(y0), free(q2);
+    }
     const char *names[5] = {"dot f32", "dot f16", "dot bf16", "dot q8_0 x q8_0", "dot q8_0 x f32"};
     for (int k = 0; k < 5; k++) cli_report_check(&ck, worst[k] < 1e-4, names[k], "max relative difference from the scalar twin %.2e", worst[k]);
     /* Quantization: round to nearest within half a step (plus the fp16 scale's rounding). */
