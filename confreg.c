@@ -2815,8 +2815,6 @@ static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_cap
             int last = pos0 + t, first = win > 0 && last - win + 1 > 0 ? last - win + 1 : 0;
             float mx = -INFINITY;
             const float *kh = kc + (size_t)(h / group) * (size_t)hd, *vh = vc + (size_t)(h / group) * (size_t)hd;
-            for (int j = 0; j < first; j++) sc[j] = -INFINITY;
-            for (int j = last + 1; j < n_keys; j++) sc[j] = -INFINITY;
             int jk = first;
             if (!s->reference) /* four keys at a time, each exactly as cr_dot_f32 */
                 for (; jk + 3 <= last; jk += 4) {
@@ -2830,14 +2828,18 @@ static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_cap
             }
             for (jk = first; jk <= last; jk++)
                 if (sc[jk] > mx) mx = sc[jk];
+            /* Masked keys get probability 0 and add nothing to the sum, so only the window
+             * [first, last] is visited (half the keys of a causal prompt, on average). */
             double sum = 0;
-            for (int j = 0; j < n_keys; j++) {
-                float e = j < first || j > last ? 0.0f : expf(sc[j] - mx);
-                sc[j] = e;
+            for (jk = first; jk <= last; jk++) {
+                float e = expf(sc[jk] - mx);
+                sc[jk] = e;
                 sum += e;
             }
             float inv = (float)(1.0 / sum);
-            for (int j = 0; j < n_keys; j++) sc[j] *= inv;
+            for (jk = first; jk <= last; jk++) sc[jk] *= inv;
+            for (jk = 0; jk < first; jk++) sc[jk] = 0.0f;
+            for (jk = last + 1; jk < n_keys; jk++) sc[jk] = 0.0f;
             if (!probs) {
                 float *out = s->att + (size_t)t * (size_t)H * (size_t)hd + (size_t)h * (size_t)hd;
                 if (s->reference) cr_attn_pv_scalar(sc, vh, kvw, first, last, hd, 0, out);
