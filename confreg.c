@@ -1305,7 +1305,7 @@ typedef struct cr_mat {
 
 /* Quantizes n floats (n % 32 == 0) into n/32 Q8_0 blocks: round to nearest, clamp to ±127,
  * and a zero block gets scale 0 instead of a division by zero. */
-static void cr_quantize_q8_0(const float *x, unsigned char *out, int64_t n) {
+CR_UNUSED static void cr_quantize_q8_0_scalar(const float *x, unsigned char *out, int64_t n) {
     for (int64_t b = 0; b < n / CR_QK; b++) {
         const float *xb = x + b * CR_QK;
         unsigned char *ob = out + b * CR_Q8_BLOCK_BYTES;
@@ -1322,6 +1322,40 @@ static void cr_quantize_q8_0(const float *x, unsigned char *out, int64_t n) {
         }
     }
 }
+
+/* The same bytes 16 lanes at a time: roundf (half away from zero) is trunc plus the sign
+ * where the exact remainder is at least a half; NaN becomes 0 as above. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && !defined(CONFREG_PORTABLE)
+static void cr_quantize_q8_0(const float *x, unsigned char *out, int64_t n) {
+    const __m512 absm = _mm512_castsi512_ps(_mm512_set1_epi32(0x7fffffff)), half = _mm512_set1_ps(0.5f);
+    const __m512 lo = _mm512_set1_ps(-127.0f), hi = _mm512_set1_ps(127.0f);
+    for (int64_t b = 0; b < n / CR_QK; b++) {
+        const float *xb = x + b * CR_QK;
+        unsigned char *ob = out + b * CR_Q8_BLOCK_BYTES;
+        const __m512 v0 = _mm512_loadu_ps(xb), v1 = _mm512_loadu_ps(xb + 16);
+        /* max(|x|, m) keeps m where x is NaN, as fmaxf does */
+        __m512 m = _mm512_max_ps(_mm512_and_ps(v0, absm), _mm512_setzero_ps());
+        m = _mm512_max_ps(_mm512_and_ps(v1, absm), m);
+        float amax = _mm512_reduce_max_ps(m);
+        float d = amax / 127.0f, id = d > 0 ? 1.0f / d : 0.0f;
+        uint16_t dh = cr_f32_to_f16(d);
+        ob[0] = (unsigned char)dh, ob[1] = (unsigned char)(dh >> 8);
+        const __m512 vid = _mm512_set1_ps(id);
+        for (int h = 0; h < 2; h++) {
+            __m512 v = _mm512_mul_ps(h ? v1 : v0, vid);
+            __m512 t = _mm512_roundscale_ps(v, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+            __mmask16 up = _mm512_cmp_ps_mask(_mm512_and_ps(_mm512_sub_ps(v, t), absm), half, _CMP_GE_OQ);
+            t = _mm512_mask_add_ps(t, up, t, _mm512_or_ps(_mm512_set1_ps(1.0f), _mm512_andnot_ps(absm, v)));
+            __mmask16 nan = _mm512_cmp_ps_mask(t, t, _CMP_UNORD_Q);
+            t = _mm512_min_ps(_mm512_max_ps(t, lo), hi);
+            t = _mm512_mask_mov_ps(t, nan, _mm512_setzero_ps());
+            _mm_storeu_si128((__m128i *)(void *)(ob + 2 + 16 * h), _mm512_cvtepi32_epi8(_mm512_cvtps_epi32(t)));
+        }
+    }
+}
+#else
+#define cr_quantize_q8_0 cr_quantize_q8_0_scalar
+#endif
 
 static void cr_dequantize_q8_0(const unsigned char *q, float *out, int64_t n) {
     for (int64_t b = 0; b < n / CR_QK; b++) {
@@ -1453,12 +1487,22 @@ static float cr_dot_q8(const unsigned char *w, const unsigned char *x, int64_t n
 }
 /* Four weight rows (stride bytes apart) against one activation row: each activation block
  * is loaded once for four rows. */
+#define CR_Q8_PREFETCH 16384   /* bytes; 8-32 KiB measured best for decoding (Zen 5) */
 static void cr_dot_q8_x4(const unsigned char *w, size_t stride, const unsigned char *x, int64_t n, float *out) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     for (int64_t b = 0; b < n / CR_QK; b++) {
         const unsigned char *xb = x + b * CR_Q8_BLOCK_BYTES, *wb = w + b * CR_Q8_BLOCK_BYTES;
         const __m256i qx = _mm256_loadu_si256((const __m256i *)(xb + 2));
         const float dx = cr_f16_fast(cr_rd16(xb));
+        /* The hardware prefetcher does not follow four interleaved streams of short rows
+         * (768 columns: 816 bytes each), and decoding stalled on loads at a third of memory
+         * bandwidth.  cr_matmul's four rows are adjacent (stride = row bytes), one span
+         * consumed 4 blocks per step, so fetch that span CR_Q8_PREFETCH bytes ahead (past
+         * the matrix's end a prefetch is harmless). */
+        const unsigned char *pf = w + CR_Q8_PREFETCH + 4 * CR_Q8_BLOCK_BYTES * b;
+        _mm_prefetch((const char *)pf, _MM_HINT_T0);
+        _mm_prefetch((const char *)(pf + 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(pf + 128), _MM_HINT_T0);
 #define CR_ROW(k, acc) do { const unsigned char *wr = wb + (k) * stride; \
             __m256i p = cr_i8dot(_mm256_loadu_si256((const __m256i *)(wr + 2)), qx); \
             acc = _mm256_fmadd_ps(_mm256_set1_ps(dx * cr_f16_fast(cr_rd16(wr))), _mm256_cvtepi32_ps(p), acc); } while (0)
@@ -1552,6 +1596,168 @@ static void cr_dot_q8_x4(const unsigned char *w, size_t stride, const unsigned c
 #define cr_dot_q8_x4 cr_dot_q8_x4_scalar
 #define cr_dot_q8f cr_dot_q8f_scalar
 #define CR_KERNEL_ISA "scalar"
+#endif
+
+/* ---- Q8_0 matrix-matrix product (prompt processing) -----------------------------------------
+ * y[t, r] for a tile of 4 rows x 8 tokens at once: 32 (row, token) accumulators stay in
+ * registers, so each weight block is loaded once per 8 tokens instead of once per token.
+ * Every result is bit-identical to cr_dot_q8_x4's: per block the same exact int32 sums of
+ * 4 products in 8 lanes, the same float scale dx*dw, one fmadd into that (row, token)'s 8-lane
+ * accumulator in block order, and the same horizontal sum.  So prompt processing and one-token
+ * decoding agree bit for bit and nothing depends on how rows or tokens are tiled.
+ *
+ * The AVX-512 VNNI kernel puts two tokens in one 512-bit register.  dpbusd multiplies
+ * unsigned by signed bytes; activations are stored as x+128 (unsigned) and each lane starts
+ * from -128 * (sum of its 4 weights), which makes the sum exactly sum w*x without the
+ * per-pair sign instructions of the 256-bit kernels. */
+
+/* Scratch for the tiled product, owned by a session (no allocation in the forward pass). */
+typedef struct cr_gemm_buf {
+    unsigned char *xp;  /* [max_tok/8 tiles, max_nb, 4 token pairs, 128]: x+128 of both tokens, then 16 floats dx */
+    unsigned char *wt;  /* [n_threads, max_nb, 4 rows, 64]: 32 weights, then 8 int32 -128*(sum of 4 weights) */
+    float *dws;         /* [n_threads, max_nb, 4] weight scales */
+    int max_tok, n_threads;
+    int64_t max_nb;
+} cr_gemm_buf;
+
+#define CR_GEMM_TOK 8            /* tokens per tile */
+#define CR_GEMM_XP 128           /* packed bytes per token pair and block */
+#define CR_GEMM_MAX_TOK 512      /* tokens packed at once (bounds the scratch) */
+
+static void cr_gemm_buf_free(cr_gemm_buf *g) {
+    free(g->xp), free(g->wt), free(g->dws);
+    memset(g, 0, sizeof *g);
+}
+
+/* Scratch for up to max_tok tokens (more go in slices) and rows of up to max_nb blocks;
+ * 64-byte aligned for the tile kernel.  Returns 0 or CR_ENOMEM. */
+CR_UNUSED static int cr_gemm_buf_init(cr_gemm_buf *g, int max_tok, int64_t max_nb, int n_threads) {
+    memset(g, 0, sizeof *g);
+    g->max_tok = max_tok < CR_GEMM_MAX_TOK ? max_tok : CR_GEMM_MAX_TOK;
+    g->max_nb = max_nb > 0 ? max_nb : 1;
+    g->n_threads = n_threads > 0 ? n_threads : 1;
+    size_t ntile = (size_t)(g->max_tok + CR_GEMM_TOK - 1) / CR_GEMM_TOK, nbm = (size_t)g->max_nb;
+    if (nbm > SIZE_MAX / 4 / CR_GEMM_XP / (ntile + (size_t)g->n_threads)) return CR_ENOMEM;
+    g->xp = aligned_alloc(64, ntile * nbm * 4 * CR_GEMM_XP);
+    g->wt = aligned_alloc(64, (size_t)g->n_threads * nbm * 256);
+    g->dws = aligned_alloc(64, ((size_t)g->n_threads * nbm * 16 + 63) / 64 * 64);
+    if (!g->xp || !g->wt || !g->dws) { cr_gemm_buf_free(g); return CR_ENOMEM; }
+    return CR_OK;
+}
+
+/* The scalar twin: each (row, token) from the scalar dot product. */
+CR_UNUSED static void cr_gemm_q8_scalar(const unsigned char *w, uint64_t rb, int64_t rows, const unsigned char *xq, uint64_t xqb, int n, int64_t cols, float *y, int64_t ldy) {
+    for (int t = 0; t < n; t++)
+        for (int64_t r = 0; r < rows; r++) y[(int64_t)t * ldy + r] = cr_dot_q8_scalar(w + (uint64_t)r * rb, xq + (uint64_t)t * xqb, cols);
+}
+
+#if defined(CR_AVX2) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && defined(__AVX512VNNI__)
+#define CR_GEMM_Q8 1
+#define CR_GEMM_ISA "avx512vnni"
+/* Packs token tile tt (tokens 8tt..8tt+7; those at or past n become zeros). */
+static void cr_gemm_pack_x(const unsigned char *xq, uint64_t xqb, int n, int64_t nb, int tt, unsigned char *dst) {
+    const __m256i k80 = _mm256_set1_epi8((char)0x80);
+    for (int64_t b = 0; b < nb; b++)
+        for (int j = 0; j < CR_GEMM_TOK; j++) {
+            int t = tt * CR_GEMM_TOK + j;
+            unsigned char *d = dst + ((uint64_t)b * 4 + (uint64_t)(j / 2)) * CR_GEMM_XP;
+            __m256i q = k80;
+            float dx = 0;
+            if (t < n) {
+                const unsigned char *src = xq + (uint64_t)t * xqb + (uint64_t)b * CR_Q8_BLOCK_BYTES;
+                q = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(src + 2)), k80);
+                dx = cr_f16_fast(cr_rd16(src));
+            }
+            _mm256_store_si256((__m256i *)(d + 32 * (j & 1)), q);
+            _mm256_store_ps((float *)(void *)(d + 64 + 32 * (j & 1)), _mm256_set1_ps(dx));
+        }
+}
+/* Packs 4 weight rows: blocks interleaved by row, with each lane's -128*(sum of 4 weights). */
+static void cr_gemm_pack_w(const unsigned char *w, uint64_t rb, int64_t nb, unsigned char *wt, float *dws) {
+    const __m256i k80 = _mm256_set1_epi8((char)0x80), z = _mm256_setzero_si256();
+    for (int64_t b = 0; b < nb; b++)
+        for (int k = 0; k < 4; k++) {
+            const unsigned char *src = w + (uint64_t)k * rb + (uint64_t)b * CR_Q8_BLOCK_BYTES;
+            __m256i q = _mm256_loadu_si256((const __m256i *)(src + 2));
+            unsigned char *d = wt + ((uint64_t)b * 4 + (uint64_t)k) * 64;
+            _mm256_store_si256((__m256i *)d, q);
+            _mm256_store_si256((__m256i *)(d + 32), _mm256_sub_epi32(z, _mm256_dpbusd_epi32(z, k80, q)));
+            dws[b * 4 + k] = cr_f16_fast(cr_rd16(src));
+        }
+}
+/* One tile: 4 packed rows against 8 packed tokens; out[k][j] for row k, token j. */
+static void cr_gemm_q8_tile(const unsigned char *wt, const float *dws, const unsigned char *xp, int64_t nb, float out[4][CR_GEMM_TOK]) {
+    __m512 a00 = _mm512_setzero_ps(), a01 = a00, a02 = a00, a03 = a00, a10 = a00, a11 = a00, a12 = a00, a13 = a00;
+    __m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00, a30 = a00, a31 = a00, a32 = a00, a33 = a00;
+    for (int64_t b = 0; b < nb; b++) {
+        const unsigned char *xb = xp + (uint64_t)b * 4 * CR_GEMM_XP, *wb = wt + (uint64_t)b * 256;
+        const __m512i x0 = _mm512_load_si512(xb), x1 = _mm512_load_si512(xb + 128), x2 = _mm512_load_si512(xb + 256), x3 = _mm512_load_si512(xb + 384);
+#define CR_DX(p) _mm512_load_ps((const float *)(const void *)(xb + 128 * (p) + 64))
+#define CR_PAIR(acc, xv, p) acc = _mm512_fmadd_ps(_mm512_mul_ps(dw, CR_DX(p)), _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(cv, xv, wv)), acc)
+#define CR_ROWK(k, c0, c1, c2, c3) do { \
+            const __m512i wv = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(wb + 64 * (k)))); \
+            const __m512i cv = _mm512_broadcast_i64x4(_mm256_load_si256((const __m256i *)(wb + 64 * (k) + 32))); \
+            const __m512 dw = _mm512_set1_ps(dws[b * 4 + (k)]); \
+            CR_PAIR(c0, x0, 0); CR_PAIR(c1, x1, 1); CR_PAIR(c2, x2, 2); CR_PAIR(c3, x3, 3); } while (0)
+        CR_ROWK(0, a00, a01, a02, a03);
+        CR_ROWK(1, a10, a11, a12, a13);
+        CR_ROWK(2, a20, a21, a22, a23);
+        CR_ROWK(3, a30, a31, a32, a33);
+#undef CR_ROWK
+#undef CR_PAIR
+#undef CR_DX
+    }
+#define CR_OUT(k, p, acc) out[k][2 * (p)] = cr_hsum256(_mm512_castps512_ps256(acc)), \
+        out[k][2 * (p) + 1] = cr_hsum256(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)))
+    CR_OUT(0, 0, a00); CR_OUT(0, 1, a01); CR_OUT(0, 2, a02); CR_OUT(0, 3, a03);
+    CR_OUT(1, 0, a10); CR_OUT(1, 1, a11); CR_OUT(1, 2, a12); CR_OUT(1, 3, a13);
+    CR_OUT(2, 0, a20); CR_OUT(2, 1, a21); CR_OUT(2, 2, a22); CR_OUT(2, 3, a23);
+    CR_OUT(3, 0, a30); CR_OUT(3, 1, a31); CR_OUT(3, 2, a32); CR_OUT(3, 3, a33);
+#undef CR_OUT
+}
+
+/* y[t, r] (+ bias) for rows r < R/4*4 and t < n (n <= CR_GEMM_MAX_TOK); xq is [n, nb] Q8_0. */
+static void cr_gemm_q8(const cr_mat *w, const unsigned char *xq, int n, float *y, const float *bias, int n_threads, const cr_gemm_buf *gb) {
+    const int64_t R = w->rows, nb = w->cols / CR_QK, nrt = R / 4;
+    const uint64_t rb = cr_row_bytes(CR_Q8_0, (uint64_t)w->cols);
+    const int ntt = (n + CR_GEMM_TOK - 1) / CR_GEMM_TOK;
+    /* Token tiles per pass over a thread's weight rows: their packed activations (~384 KiB)
+     * stay in L2 while the rows stream past. */
+    int chunk = (int)(393216 / (nb * 4 * CR_GEMM_XP));
+    if (chunk < 1) chunk = 1;
+    int nth = cr_threads(n_threads);
+    if (nth > gb->n_threads) nth = gb->n_threads;
+#pragma omp parallel num_threads(nth) if (R * w->cols * n >= CR_PAR_MIN)
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), nthr = omp_get_num_threads();
+#else
+        const int tid = 0, nthr = 1;
+#endif
+#pragma omp for schedule(static)
+        for (int tt = 0; tt < ntt; tt++) cr_gemm_pack_x(xq, rb, n, nb, tt, gb->xp + (uint64_t)tt * (uint64_t)nb * 4 * CR_GEMM_XP);
+        const int64_t per = (nrt + nthr - 1) / nthr, rt0 = tid * per, rt1 = rt0 + per < nrt ? rt0 + per : nrt;
+        unsigned char *wt = gb->wt + (uint64_t)tid * (uint64_t)gb->max_nb * 256;
+        float *dws = gb->dws + (uint64_t)tid * (uint64_t)gb->max_nb * 4;
+        for (int c0 = 0; c0 < ntt; c0 += chunk) {
+            const int c1 = c0 + chunk < ntt ? c0 + chunk : ntt;
+            for (int64_t rt = rt0; rt < rt1; rt++) {
+                cr_gemm_pack_w(w->data + (uint64_t)rt * 4 * rb, rb, nb, wt, dws);
+                for (int tt = c0; tt < c1; tt++) {
+                    float o[4][CR_GEMM_TOK];
+                    cr_gemm_q8_tile(wt, dws, gb->xp + (uint64_t)tt * (uint64_t)nb * 4 * CR_GEMM_XP, nb, o);
+                    for (int j = 0; j < CR_GEMM_TOK && tt * CR_GEMM_TOK + j < n; j++)
+                        for (int k = 0; k < 4; k++) {
+                            const int64_t r = rt * 4 + k;
+                            y[(int64_t)(tt * CR_GEMM_TOK + j) * R + r] = o[k][j] + (bias ? bias[r] : 0.0f);
+                        }
+                }
+            }
+        }
+    }
+}
+#else
+#define CR_GEMM_ISA "none (four rows, one token at a time)"
 #endif
 
 /* ---- the fused ablation kernel --------------------------------------------------------------
@@ -1705,6 +1911,97 @@ static void cr_fused_chunk(const float *z0, const float *g, const float *b, cons
 #define CR_FUSED_ISA "scalar"
 #endif
 
+
+/* ---- attention kernels -----------------------------------------------------------------------
+ * Four query-key dot products at once and the probability-weighted sum of value rows.  Both
+ * do exactly the arithmetic of the one-at-a-time code they replace (cr_dot_f32 per key; per
+ * element a rounded product, then a sum, over keys in order), so attention outputs keep every
+ * bit; they only share loads and keep the output row in registers. */
+
+/* out[k] = cr_dot_f32(q, kv + k*stride, n) for k < 4. */
+#if defined(CR_AVX2)
+static void cr_dot_f32_x4(const float *q, const float *kv, size_t stride, int64_t n, float *out) {
+    const float *k0 = kv, *k1 = kv + stride, *k2 = kv + 2 * stride, *k3 = kv + 3 * stride;
+    __m256 s00 = _mm256_setzero_ps(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00, s30 = s00, s31 = s00;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        const __m256 qa = _mm256_loadu_ps(q + i), qb = _mm256_loadu_ps(q + i + 8);
+        s00 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + i), s00), s01 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k0 + i + 8), s01);
+        s10 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + i), s10), s11 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k1 + i + 8), s11);
+        s20 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + i), s20), s21 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k2 + i + 8), s21);
+        s30 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + i), s30), s31 = _mm256_fmadd_ps(qb, _mm256_loadu_ps(k3 + i + 8), s31);
+    }
+    for (; i + 8 <= n; i += 8) {
+        const __m256 qa = _mm256_loadu_ps(q + i);
+        s00 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k0 + i), s00), s10 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k1 + i), s10);
+        s20 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k2 + i), s20), s30 = _mm256_fmadd_ps(qa, _mm256_loadu_ps(k3 + i), s30);
+    }
+    float r0 = cr_hsum256(_mm256_add_ps(s00, s01)), r1 = cr_hsum256(_mm256_add_ps(s10, s11));
+    float r2 = cr_hsum256(_mm256_add_ps(s20, s21)), r3 = cr_hsum256(_mm256_add_ps(s30, s31));
+    for (; i < n; i++) r0 += q[i] * k0[i], r1 += q[i] * k1[i], r2 += q[i] * k2[i], r3 += q[i] * k3[i];
+    out[0] = r0, out[1] = r1, out[2] = r2, out[3] = r3;
+}
+#else
+static void cr_dot_f32_x4(const float *q, const float *kv, size_t stride, int64_t n, float *out) {
+    for (int k = 0; k < 4; k++) out[k] = cr_dot_f32(q, kv + (size_t)k * stride, n);
+}
+#endif
+
+/* out[i] = sum over j in [j0, j1] of p[j] * v[j*stride + i] for i < n, keys in order; with
+ * skip_zero, keys of probability 0 are left out. */
+CR_UNUSED static void cr_attn_pv_scalar(const float *p, const float *v, size_t stride, int j0, int j1, int n, int skip_zero, float *out) {
+    memset(out, 0, (size_t)n * sizeof *out);
+    for (int j = j0; j <= j1; j++) {
+        if (skip_zero && p[j] == 0.0f) continue;
+        const float *vj = v + (size_t)j * stride;
+        for (int i = 0; i < n; i++) out[i] += p[j] * vj[i];
+    }
+}
+#if defined(CR_AVX2) || defined(CR_NEON)
+#if defined(CR_AVX2) && defined(__AVX512F__)
+#define CR_PV_W 16
+typedef __m512 cr_pv_vec;
+#define cr_pv_zero() _mm512_setzero_ps()
+#define cr_pv_step(acc, pj, vp) _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(pj), _mm512_loadu_ps(vp)))
+#define cr_pv_store(dst, acc) _mm512_storeu_ps(dst, acc)
+#elif defined(CR_AVX2)
+#define CR_PV_W 8
+typedef __m256 cr_pv_vec;
+#define cr_pv_zero() _mm256_setzero_ps()
+#define cr_pv_step(acc, pj, vp) _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(pj), _mm256_loadu_ps(vp)))
+#define cr_pv_store(dst, acc) _mm256_storeu_ps(dst, acc)
+#else
+#define CR_PV_W 4
+typedef float32x4_t cr_pv_vec;
+#define cr_pv_zero() vdupq_n_f32(0)
+#define cr_pv_step(acc, pj, vp) vaddq_f32(acc, vmulq_n_f32(vld1q_f32(vp), pj))
+#define cr_pv_store(dst, acc) vst1q_f32(dst, acc)
+#endif
+static void cr_attn_pv(const float *p, const float *v, size_t stride, int j0, int j1, int n, int skip_zero, float *out) {
+    int i = 0;
+    /* four vectors of outputs per pass over the keys */
+    for (; i + 4 * CR_PV_W <= n; i += 4 * CR_PV_W) {
+        cr_pv_vec a0 = cr_pv_zero(), a1 = a0, a2 = a0, a3 = a0;
+        for (int j = j0; j <= j1; j++) {
+            const float pj = p[j];
+            if (skip_zero && pj == 0.0f) continue;
+            const float *vj = v + (size_t)j * stride + i;
+            a0 = cr_pv_step(a0, pj, vj), a1 = cr_pv_step(a1, pj, vj + CR_PV_W);
+            a2 = cr_pv_step(a2, pj, vj + 2 * CR_PV_W), a3 = cr_pv_step(a3, pj, vj + 3 * CR_PV_W);
+        }
+        cr_pv_store(out + i, a0), cr_pv_store(out + i + CR_PV_W, a1), cr_pv_store(out + i + 2 * CR_PV_W, a2), cr_pv_store(out + i + 3 * CR_PV_W, a3);
+    }
+    for (; i + CR_PV_W <= n; i += CR_PV_W) {
+        cr_pv_vec a0 = cr_pv_zero();
+        for (int j = j0; j <= j1; j++)
+            if (!skip_zero || p[j] != 0.0f) a0 = cr_pv_step(a0, p[j], v + (size_t)j * stride + i);
+        cr_pv_store(out + i, a0);
+    }
+    if (i < n) cr_attn_pv_scalar(p, v + i, stride, j0, j1, n - i, skip_zero, out + i);
+}
+#else
+#define cr_attn_pv cr_attn_pv_scalar
+#endif
 /* One row of a matrix as floats (embedding lookups, weight analyses). */
 static void cr_mat_row(const cr_mat *w, int64_t r, float *out) {
     if (w->trans) {
@@ -1728,7 +2025,7 @@ static void cr_mat_row(const cr_mat *w, int64_t r, float *out) {
  * (one row of cols/32 blocks per position) when W is Q8_0 and not precise.  Rows are split
  * across threads; each weight row is read once for all n positions. */
 static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, int n, float *y,
-                      const float *bias, int n_threads, int reference) {
+                      const float *bias, int n_threads, int reference, const cr_gemm_buf *gb) {
     const int64_t R = w->rows, C = w->cols;
     (void)n_threads;
     if (w->trans) {
@@ -1760,8 +2057,19 @@ static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, 
     const uint64_t rb = cr_row_bytes(w->dtype, (uint64_t)C);
     const uint64_t xqb = cr_row_bytes(CR_Q8_0, (uint64_t)C);
     if (w->dtype == CR_Q8_0 && xq && !reference) {
-        /* Groups of four rows share every activation block they read. */
         const int64_t R4 = R / 4 * 4;
+#if defined(CR_GEMM_Q8)
+        /* Several tokens: the tiled product, in slices of at most CR_GEMM_MAX_TOK tokens. */
+        if (gb && n >= 2 && C / CR_QK <= gb->max_nb) {
+            for (int t0 = 0; t0 < n; t0 += gb->max_tok) {
+                int nt = n - t0 < gb->max_tok ? n - t0 : gb->max_tok;
+                cr_gemm_q8(w, xq + (uint64_t)t0 * xqb, nt, y + (int64_t)t0 * R, bias, n_threads, gb);
+            }
+        } else
+#else
+        (void)gb;
+#endif
+        /* Groups of four rows share every activation block they read. */
 #pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(static) if (R * C * n >= CR_PAR_MIN)
         for (int64_t r = 0; r < R4; r += 4) {
             const unsigned char *wr = w->data + (uint64_t)r * rb;
@@ -1779,7 +2087,14 @@ static void cr_matmul(const cr_mat *w, const float *x, const unsigned char *xq, 
     for (int64_t r = 0; r < R; r++) {
         const unsigned char *wr = w->data + (uint64_t)r * rb;
         float b = bias ? bias[r] : 0.0f;
-        for (int t = 0; t < n; t++) {
+        int t = 0;
+        if (w->dtype == CR_F32 && !reference)
+            for (; t + 4 <= n; t += 4) { /* four tokens share each load of the row, same bits as cr_dot_f32 */
+                float v4[4];
+                cr_dot_f32_x4((const float *)(const void *)wr, x + (int64_t)t * C, (size_t)C, C, v4);
+                for (int k = 0; k < 4; k++) y[(int64_t)(t + k) * R + r] = v4[k] + b;
+            }
+        for (; t < n; t++) {
             const float *xt = x + (int64_t)t * C;
             float v;
             if (reference) { /* the scalar twins, for selftest */
@@ -2433,6 +2748,7 @@ struct cr_session {
     size_t probs_cap;
     float *scores;   /* [n_threads, P] */
     unsigned char *xq; /* [P, max_cols/32*34] quantized activations */
+    cr_gemm_buf gemm;  /* scratch of the tiled Q8_0 product (xp NULL: none) */
     float *kc, *vc;  /* [L, P, K*hd]  key/value cache */
     double *rope_cos, *rope_sin; /* [P, rotary_dims/2] */
 };
@@ -2442,6 +2758,7 @@ void cr_session_close(cr_session *s) {
     float *bufs[] = {s->x, s->h, s->h2, s->qkv, s->q, s->att, s->o, s->up, s->gate, s->scale, s->probs, s->scores, s->kc, s->vc};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(s->xq);
+    cr_gemm_buf_free(&s->gemm);
     free(s->rope_cos);
     free(s->rope_sin);
     free(s);
@@ -2475,6 +2792,12 @@ int cr_session_open(const cr_model *m, int max_pos, int n_threads, cr_session **
     s->scores = cr_malloc((size_t)s->n_threads * P, 4);
     s->xq = cr_malloc(P, (maxc + CR_QK - 1) / CR_QK * CR_Q8_BLOCK_BYTES);
     s->kc = cr_malloc(L * P, K * hd * 4), s->vc = cr_malloc(L * P, K * hd * 4);
+#if defined(CR_GEMM_Q8)
+    if (cr_gemm_buf_init(&s->gemm, max_pos, (int64_t)(maxc / CR_QK), s->n_threads)) {
+        cr_session_close(s);
+        return cr_fail(err, CR_ENOMEM, "out of memory allocating a session for %d positions", max_pos);
+    }
+#endif
     size_t nr = (size_t)(c->rotary_dims / 2);
     s->rope_cos = cr_malloc(P * (nr ? nr : 1), 8), s->rope_sin = cr_malloc(P * (nr ? nr : 1), 8);
     if (!s->x || !s->h || !s->h2 || !s->qkv || !s->q || !s->att || !s->o || !s->up || !s->gate || !s->scale || !s->scores ||
@@ -2516,6 +2839,37 @@ static float cr_gelu_erf(float x) { return 0.5f * x * (1.0f + erff(x * 0.7071067
 static float cr_gelu_tanh(float x) { return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
 static float cr_silu(float x) { return x / (1.0f + expf(-x)); }
 
+/* The MLP activation of len values a into up (gated: times up; a may be up). */
+static void cr_act_scalar(int act, const float *a, float *up, int64_t len, int gated) {
+    for (int64_t i = 0; i < len; i++) {
+        float v = a[i];
+        v = act == 0 ? cr_gelu_erf(v) : act == 1 ? cr_gelu_tanh(v) : cr_silu(v);
+        up[i] = gated ? v * up[i] : v;
+    }
+}
+/* libm's tanhf (through expm1f) took a third of prompt processing.  The tanh GELU is
+ * 0.5 x (1 + tanh u) = x / (1 + exp(-2u)) and SiLU x / (1 + exp(-x)); both here with the
+ * polynomial exp (relative error < 3e-7), so within a few float ulps of the scalar twin but
+ * not bit-identical to it.  The erf GELU stays on libm. */
+#if defined(CR_AVX2) && defined(__AVX512F__)
+static void cr_act(int act, const float *a, float *up, int64_t len, int gated) {
+    int64_t i = 0;
+    if (act == 1 || act == 2) {
+        const __m512 one = _mm512_set1_ps(1.0f), k0 = _mm512_set1_ps(-2.0f * 0.7978845608028654f), k1 = _mm512_set1_ps(0.044715f);
+        for (; i + 16 <= len; i += 16) {
+            const __m512 x = _mm512_loadu_ps(a + i);
+            const __m512 z = act == 1 ? _mm512_mul_ps(k0, _mm512_fmadd_ps(_mm512_mul_ps(k1, _mm512_mul_ps(x, x)), x, x)) : _mm512_sub_ps(_mm512_setzero_ps(), x);
+            __m512 v = _mm512_div_ps(x, _mm512_add_ps(one, cr_exp16(z)));
+            if (gated) v = _mm512_mul_ps(v, _mm512_loadu_ps(up + i));
+            _mm512_storeu_ps(up + i, v);
+        }
+    }
+    if (i < len) cr_act_scalar(act, a + i, up + i, len - i, gated);
+}
+#else
+#define cr_act cr_act_scalar
+#endif
+
 static void cr_rope(const cr_session *s, float *v, int n_heads, int pos) {
     const cr_config *c = &s->m->cfg;
     int nr = c->rotary_dims / 2, hd = c->head_dim;
@@ -2534,6 +2888,7 @@ static void cr_rope(const cr_session *s, float *v, int n_heads, int pos) {
 static void cr_quantize_rows(cr_session *s, const float *x, int n, int64_t cols) {
     if (cols % CR_QK) return;
     uint64_t rb = cr_row_bytes(CR_Q8_0, (uint64_t)cols);
+#pragma omp parallel for num_threads(s->n_threads) schedule(static) if ((int64_t)n * cols >= CR_PAR_MIN)
     for (int t = 0; t < n; t++) cr_quantize_q8_0(x + t * cols, s->xq + (uint64_t)t * rb, cols);
 }
 
@@ -2544,7 +2899,7 @@ static void cr_linear(cr_session *s, const cr_mat *w, const float *x, int n, flo
         cr_quantize_rows(s, x, n, w->cols);
         xq = s->xq;
     }
-    cr_matmul(w, x, xq, n, y, bias, s->n_threads, s->reference);
+    cr_matmul(w, x, xq, n, y, bias, s->n_threads, s->reference, s->gemm.xp ? &s->gemm : NULL);
 }
 
 /* Softmax attention of n new queries (positions pos0..) over all keys up to each query. */
@@ -2569,27 +2924,36 @@ static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_cap
             const float *qh = s->q + (size_t)t * (size_t)H * (size_t)hd + (size_t)h * (size_t)hd;
             int last = pos0 + t, first = win > 0 && last - win + 1 > 0 ? last - win + 1 : 0;
             float mx = -INFINITY;
-            for (int j = 0; j < n_keys; j++) {
-                if (j < first || j > last) { sc[j] = -INFINITY; continue; }
-                const float *kj = kc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd;
-                sc[j] = (s->reference ? cr_dot_f32_scalar(qh, kj, hd) : cr_dot_f32(qh, kj, hd)) * scale;
-                if (sc[j] > mx) mx = sc[j];
+            const float *kh = kc + (size_t)(h / group) * (size_t)hd, *vh = vc + (size_t)(h / group) * (size_t)hd;
+            int jk = first;
+            if (!s->reference) /* four keys at a time, each exactly as cr_dot_f32 */
+                for (; jk + 3 <= last; jk += 4) {
+                    float d4[4];
+                    cr_dot_f32_x4(qh, kh + (size_t)jk * kvw, kvw, hd, d4);
+                    for (int k = 0; k < 4; k++) sc[jk + k] = d4[k] * scale;
+                }
+            for (; jk <= last; jk++) {
+                const float *kj = kh + (size_t)jk * kvw;
+                sc[jk] = (s->reference ? cr_dot_f32_scalar(qh, kj, hd) : cr_dot_f32(qh, kj, hd)) * scale;
             }
+            for (jk = first; jk <= last; jk++)
+                if (sc[jk] > mx) mx = sc[jk];
+            /* Masked keys get probability 0 and add nothing to the sum, so only the window
+             * [first, last] is visited (half the keys of a causal prompt, on average). */
             double sum = 0;
-            for (int j = 0; j < n_keys; j++) {
-                float e = j < first || j > last ? 0.0f : expf(sc[j] - mx);
-                sc[j] = e;
+            for (jk = first; jk <= last; jk++) {
+                float e = expf(sc[jk] - mx);
+                sc[jk] = e;
                 sum += e;
             }
             float inv = (float)(1.0 / sum);
-            for (int j = 0; j < n_keys; j++) sc[j] *= inv;
+            for (jk = first; jk <= last; jk++) sc[jk] *= inv;
+            for (jk = 0; jk < first; jk++) sc[jk] = 0.0f;
+            for (jk = last + 1; jk < n_keys; jk++) sc[jk] = 0.0f;
             if (!probs) {
                 float *out = s->att + (size_t)t * (size_t)H * (size_t)hd + (size_t)h * (size_t)hd;
-                memset(out, 0, (size_t)hd * sizeof *out);
-                for (int j = first; j <= last; j++) {
-                    const float *vj = vc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd;
-                    for (int i = 0; i < hd; i++) out[i] += sc[j] * vj[i];
-                }
+                if (s->reference) cr_attn_pv_scalar(sc, vh, kvw, first, last, hd, 0, out);
+                else cr_attn_pv(sc, vh, kvw, first, last, hd, 0, out);
             }
         }
     if (!probs) return;
@@ -2600,12 +2964,9 @@ static void cr_attention(cr_session *s, int layer, int pos0, int n, const cr_cap
         for (int t = 0; t < n; t++) {
             const float *pr = probs + ((size_t)h * (size_t)n + (size_t)t) * (size_t)n_keys;
             float *out = s->att + (size_t)t * (size_t)H * (size_t)hd + (size_t)h * (size_t)hd;
-            memset(out, 0, (size_t)hd * sizeof *out);
-            for (int j = 0; j < n_keys; j++) {
-                if (pr[j] == 0.0f) continue;
-                const float *vj = vc + (size_t)j * kvw + (size_t)(h / group) * (size_t)hd;
-                for (int i = 0; i < hd; i++) out[i] += pr[j] * vj[i];
-            }
+            const float *vh = vc + (size_t)(h / group) * (size_t)hd;
+            if (s->reference) cr_attn_pv_scalar(pr, vh, kvw, 0, n_keys - 1, hd, 1, out);
+            else cr_attn_pv(pr, vh, kvw, 0, n_keys - 1, hd, 1, out);
         }
 }
 
@@ -2615,10 +2976,14 @@ static void cr_mlp(cr_session *s, const cr_layer *L, int layer, const float *in,
     cr_linear(s, &L->w_up, in, n, s->up, L->b_up);
     if (c->gated_mlp) cr_linear(s, &L->w_gate, in, n, s->gate, NULL);
     float *a = c->gated_mlp ? s->gate : s->up;
-    for (int64_t i = 0; i < (int64_t)n * f; i++) {
-        float v = a[i];
-        v = c->act == 0 ? cr_gelu_erf(v) : c->act == 1 ? cr_gelu_tanh(v) : cr_silu(v);
-        s->up[i] = c->gated_mlp ? v * s->up[i] : v;
+    /* Pieces of 1024 values aligned to each row, so which lanes take the SIMD path depends
+     * only on the position in the row: one token alone and in a prompt get the same bits. */
+    const int64_t npc = (f + 1023) / 1024;
+#pragma omp parallel for num_threads(s->n_threads) schedule(static) if ((int64_t)n * f >= 2048)
+    for (int64_t k = 0; k < n * npc; k++) {
+        const int64_t off = k / npc * f + k % npc * 1024, len = f - k % npc * 1024 < 1024 ? f - k % npc * 1024 : 1024;
+        if (s->reference) cr_act_scalar(c->act, a + off, s->up + off, len, c->gated_mlp);
+        else cr_act(c->act, a + off, s->up + off, len, c->gated_mlp);
     }
     if (cap && cap->mlp_edit) cap->mlp_edit(cap->user, layer, pos0, n, (int)f, s->up);
     if (cap && cap->mlp_post && cap->mlp_post[layer]) memcpy(cap->mlp_post[layer], s->up, (size_t)n * (size_t)f * sizeof(float));
@@ -9088,6 +9453,27 @@ static int cmd_selftest(int argc, char **argv) {
         for (int k = 0; k < 4; k++) worst4 = fmax(worst4, cli_rel(v4[k], v0[k]));
     }
     cli_report_check(&ck, worst4 < 1e-4, "dot q8_0 x q8_0, four rows", "max relative difference from the scalar twin %.2e", worst4);
+    /* The tiled Q8_0 product must equal the four-row kernel bit for bit (13 rows x 11 tokens of
+     * 256 columns, cut from the same buffers), and SIMD quantization the scalar bytes. */
+    {
+        enum { TR = 13, TT = 11, TC = 256 };
+        float *y1 = cr_malloc(TR * TT, 4), *y0 = cr_malloc(TR * TT, 4);
+        unsigned char *q2 = cr_malloc(NMAX / CR_QK, CR_Q8_BLOCK_BYTES);
+        cr_gemm_buf gb;
+        int ok = y1 && y0 && q2 && !cr_gemm_buf_init(&gb, 8, TC / CR_QK, threads), same = 0, qsame = 0;
+        if (ok) {
+            cr_mat tw = {CR_Q8_0, TR, TC, qw, 0};
+            cr_matmul(&tw, NULL, qx, TT, y1, NULL, threads, 0, &gb);
+            cr_matmul(&tw, NULL, qx, TT, y0, NULL, 1, 0, NULL);
+            same = memcmp(y1, y0, TR * TT * 4) == 0;
+            cr_quantize_q8_0_scalar(x, q2, NMAX);
+            qsame = memcmp(q2, qx, (size_t)NMAX / CR_QK * CR_Q8_BLOCK_BYTES) == 0;
+            cr_gemm_buf_free(&gb);
+        }
+        cli_report_check(&ck, ok && same, "q8_0 tiled product (" CR_GEMM_ISA ")", "%s", same ? "bit-identical to the four-row kernel" : "differs from the four-row kernel");
+        cli_report_check(&ck, ok && qsame, "q8_0 quantization", "%s", qsame ? "SIMD bytes equal the scalar twin's" : "SIMD bytes differ from the scalar twin's");
+        free(y1), free(y0), free(q2);
+    }
     const char *names[5] = {"dot f32", "dot f16", "dot bf16", "dot q8_0 x q8_0", "dot q8_0 x f32"};
     for (int k = 0; k < 5; k++) cli_report_check(&ck, worst[k] < 1e-4, names[k], "max relative difference from the scalar twin %.2e", worst[k]);
     /* Quantization: round to nearest within half a step (plus the fp16 scale's rounding). */
@@ -9207,10 +9593,10 @@ static int cmd_speed(int argc, char **argv) {
         cr_quantize_q8_0(xf, xq, cols);
         cr_mat w = {CR_Q8_0, rows, cols, W, 0};
         double *t = cr_malloc((size_t)r, 8);
-        cr_matmul(&w, xf, xq, 1, y, NULL, nt, 0); /* warm-up: pages in, caches settled */
+        cr_matmul(&w, xf, xq, 1, y, NULL, nt, 0, NULL); /* warm-up: pages in, caches settled */
         for (long k = 0; k < r; k++) {
             double t0 = cr_now();
-            cr_matmul(&w, xf, xq, 1, y, NULL, nt, 0);
+            cr_matmul(&w, xf, xq, 1, y, NULL, nt, 0, NULL);
             t[k] = cr_now() - t0;
         }
         qsort(t, (size_t)r, 8, cli_cmp_double);
