@@ -1802,8 +1802,10 @@ CR_UNUSED static void cr_fused_chunk_scalar(const float *z0, const float *g, con
 }
 
 #if defined(CR_AVX2) && defined(__AVX512F__)
+/* The kernel's arguments are at most 0 (each shift bounds its maximum), so only the lower
+ * clamp matters; it keeps n >= -126, where scalef's 2^n equals the scalar twin's exponent bits. */
 static inline __m512 cr_exp16(__m512 x) {
-    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(88.0f));
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.0f));
     __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(CR_LOG2E)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(CR_LN2_HI), x);
     r = _mm512_fnmadd_ps(n, _mm512_set1_ps(CR_LN2_LO), r);
@@ -1811,8 +1813,7 @@ static inline __m512 cr_exp16(__m512 x) {
     q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 120)), q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 24));
     q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f / 6)), q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(0.5f));
     q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f)), q = _mm512_fmadd_ps(q, r, _mm512_set1_ps(1.0f));
-    __m512i e = _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127)), 23);
-    return _mm512_mul_ps(q, _mm512_castsi512_ps(e));
+    return _mm512_scalef_ps(q, n);
 }
 static inline double cr_hsum512d(__m512 v) {
     __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v)), hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
@@ -1910,6 +1911,119 @@ static void cr_fused_chunk(const float *z0, const float *g, const float *b, cons
 #define cr_fused_chunk cr_fused_chunk_scalar
 #define CR_FUSED_ISA "scalar"
 #endif
+
+/* ---- float matrix product for the analyses -------------------------------------------------
+ * out[r, c] = sum_i A[r, i] W[i, c] for the unembedding products of the analyses (clean logits
+ * of a token block, logit directions of a neuron block): A [m, k], W [k, ldw], out [m, ldo], all
+ * row-major.  Each output element is one chain of fused multiply-adds over i in order, so the
+ * SIMD tiles (4 rows x CR_GEMM_NC columns held in registers for the whole chain), the scalar
+ * twin and any split of rows, columns or threads give the same bits. */
+CR_UNUSED static void cr_gemm_f32_scalar(const float *A, int m, int k, const float *W, int64_t ldw, int c0, int c1, float *out, int64_t ldo) {
+    for (int r = 0; r < m; r++)
+        for (int c = c0; c < c1; c++) {
+            float s = 0;
+            for (int i = 0; i < k; i++) s = fmaf(A[(size_t)r * (size_t)k + (size_t)i], W[(size_t)i * (size_t)ldw + (size_t)c], s);
+            out[(size_t)r * (size_t)ldo + (size_t)c] = s;
+        }
+}
+
+#if defined(CR_AVX2) && defined(__AVX512F__)
+#define CR_GEMM_NC 64
+#define CR_GEMM_F32_ISA "avx512 4x64"
+/* Four rows a[0..3] (length k) against the 64 columns of W starting at W, into o[0..3][0..64). */
+static void cr_gemm_f32_tile(const float *const a[4], int k, const float *W, int64_t ldw, float *const o[4]) {
+    __m512 s00 = _mm512_setzero_ps(), s01 = s00, s02 = s00, s03 = s00, s10 = s00, s11 = s00, s12 = s00, s13 = s00;
+    __m512 s20 = s00, s21 = s00, s22 = s00, s23 = s00, s30 = s00, s31 = s00, s32 = s00, s33 = s00;
+    for (int i = 0; i < k; i++) {
+        const float *w = W + (size_t)i * (size_t)ldw;
+        const __m512 w0 = _mm512_loadu_ps(w), w1 = _mm512_loadu_ps(w + 16), w2 = _mm512_loadu_ps(w + 32), w3 = _mm512_loadu_ps(w + 48);
+        __m512 x = _mm512_set1_ps(a[0][i]);
+        s00 = _mm512_fmadd_ps(x, w0, s00), s01 = _mm512_fmadd_ps(x, w1, s01), s02 = _mm512_fmadd_ps(x, w2, s02), s03 = _mm512_fmadd_ps(x, w3, s03);
+        x = _mm512_set1_ps(a[1][i]);
+        s10 = _mm512_fmadd_ps(x, w0, s10), s11 = _mm512_fmadd_ps(x, w1, s11), s12 = _mm512_fmadd_ps(x, w2, s12), s13 = _mm512_fmadd_ps(x, w3, s13);
+        x = _mm512_set1_ps(a[2][i]);
+        s20 = _mm512_fmadd_ps(x, w0, s20), s21 = _mm512_fmadd_ps(x, w1, s21), s22 = _mm512_fmadd_ps(x, w2, s22), s23 = _mm512_fmadd_ps(x, w3, s23);
+        x = _mm512_set1_ps(a[3][i]);
+        s30 = _mm512_fmadd_ps(x, w0, s30), s31 = _mm512_fmadd_ps(x, w1, s31), s32 = _mm512_fmadd_ps(x, w2, s32), s33 = _mm512_fmadd_ps(x, w3, s33);
+    }
+    _mm512_storeu_ps(o[0], s00), _mm512_storeu_ps(o[0] + 16, s01), _mm512_storeu_ps(o[0] + 32, s02), _mm512_storeu_ps(o[0] + 48, s03);
+    _mm512_storeu_ps(o[1], s10), _mm512_storeu_ps(o[1] + 16, s11), _mm512_storeu_ps(o[1] + 32, s12), _mm512_storeu_ps(o[1] + 48, s13);
+    _mm512_storeu_ps(o[2], s20), _mm512_storeu_ps(o[2] + 16, s21), _mm512_storeu_ps(o[2] + 32, s22), _mm512_storeu_ps(o[2] + 48, s23);
+    _mm512_storeu_ps(o[3], s30), _mm512_storeu_ps(o[3] + 16, s31), _mm512_storeu_ps(o[3] + 32, s32), _mm512_storeu_ps(o[3] + 48, s33);
+}
+#elif defined(CR_AVX2)
+#define CR_GEMM_NC 16
+#define CR_GEMM_F32_ISA "avx2 4x16"
+static void cr_gemm_f32_tile(const float *const a[4], int k, const float *W, int64_t ldw, float *const o[4]) {
+    __m256 s00 = _mm256_setzero_ps(), s01 = s00, s10 = s00, s11 = s00, s20 = s00, s21 = s00, s30 = s00, s31 = s00;
+    for (int i = 0; i < k; i++) {
+        const float *w = W + (size_t)i * (size_t)ldw;
+        const __m256 w0 = _mm256_loadu_ps(w), w1 = _mm256_loadu_ps(w + 8);
+        __m256 x = _mm256_broadcast_ss(&a[0][i]);
+        s00 = _mm256_fmadd_ps(x, w0, s00), s01 = _mm256_fmadd_ps(x, w1, s01);
+        x = _mm256_broadcast_ss(&a[1][i]);
+        s10 = _mm256_fmadd_ps(x, w0, s10), s11 = _mm256_fmadd_ps(x, w1, s11);
+        x = _mm256_broadcast_ss(&a[2][i]);
+        s20 = _mm256_fmadd_ps(x, w0, s20), s21 = _mm256_fmadd_ps(x, w1, s21);
+        x = _mm256_broadcast_ss(&a[3][i]);
+        s30 = _mm256_fmadd_ps(x, w0, s30), s31 = _mm256_fmadd_ps(x, w1, s31);
+    }
+    _mm256_storeu_ps(o[0], s00), _mm256_storeu_ps(o[0] + 8, s01), _mm256_storeu_ps(o[1], s10), _mm256_storeu_ps(o[1] + 8, s11);
+    _mm256_storeu_ps(o[2], s20), _mm256_storeu_ps(o[2] + 8, s21), _mm256_storeu_ps(o[3], s30), _mm256_storeu_ps(o[3] + 8, s31);
+}
+#elif defined(CR_NEON)
+#define CR_GEMM_NC 16
+#define CR_GEMM_F32_ISA "neon 4x16"
+static void cr_gemm_f32_tile(const float *const a[4], int k, const float *W, int64_t ldw, float *const o[4]) {
+    float32x4_t s[4][4];
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++) s[r][q] = vdupq_n_f32(0);
+    for (int i = 0; i < k; i++) {
+        const float *w = W + (size_t)i * (size_t)ldw;
+        const float32x4_t w0 = vld1q_f32(w), w1 = vld1q_f32(w + 4), w2 = vld1q_f32(w + 8), w3 = vld1q_f32(w + 12);
+        for (int r = 0; r < 4; r++) {
+            const float32x4_t x = vdupq_n_f32(a[r][i]);
+            s[r][0] = vfmaq_f32(s[r][0], x, w0), s[r][1] = vfmaq_f32(s[r][1], x, w1), s[r][2] = vfmaq_f32(s[r][2], x, w2), s[r][3] = vfmaq_f32(s[r][3], x, w3);
+        }
+    }
+    for (int r = 0; r < 4; r++)
+        for (int q = 0; q < 4; q++) vst1q_f32(o[r] + 4 * q, s[r][q]);
+}
+#else
+#define CR_GEMM_NC 16
+#define CR_GEMM_F32_ISA "scalar 4x16"
+static void cr_gemm_f32_tile(const float *const a[4], int k, const float *W, int64_t ldw, float *const o[4]) {
+    float s[4][16] = {{0}};
+    for (int i = 0; i < k; i++) {
+        const float *w = W + (size_t)i * (size_t)ldw;
+        for (int r = 0; r < 4; r++)
+            for (int q = 0; q < 16; q++) s[r][q] = fmaf(a[r][i], w[q], s[r][q]);
+    }
+    for (int r = 0; r < 4; r++) memcpy(o[r], s[r], sizeof s[r]);
+}
+#endif
+
+/* out [m, ldo] = A [m, k] x W [k, ldw] for columns [0, n): threads take column tiles, each
+ * walks every row tile while its strip of W stays in cache. */
+static void cr_gemm_f32(const float *A, int m, int k, const float *W, int64_t ldw, int n, float *out, int64_t ldo, int n_threads) {
+    const int n_ct = n / CR_GEMM_NC;
+    (void)n_threads;
+#pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(static) if ((int64_t)m * k * n >= CR_PAR_MIN)
+    for (int ct = 0; ct < n_ct; ct++) {
+        float spare[CR_GEMM_NC * 4];   /* where the missing rows of a last, partial row tile go */
+        for (int r0 = 0; r0 < m; r0 += 4) {
+            const float *a[4];
+            float *o[4];
+            for (int q = 0; q < 4; q++) {
+                const int r = r0 + q < m ? r0 + q : r0;
+                a[q] = A + (size_t)r * (size_t)k;
+                o[q] = r0 + q < m ? out + (size_t)r * (size_t)ldo + (size_t)ct * CR_GEMM_NC : spare + q * CR_GEMM_NC;
+            }
+            cr_gemm_f32_tile(a, k, W + (size_t)ct * CR_GEMM_NC, ldw, o);
+        }
+    }
+    if (n_ct * CR_GEMM_NC < n) cr_gemm_f32_scalar(A, m, k, W, ldw, n_ct * CR_GEMM_NC, n, out, ldo);
+}
 
 
 /* ---- attention kernels -----------------------------------------------------------------------
@@ -5017,29 +5131,9 @@ static int cr_unembed_make(const cr_model *m, cr_unembed *u, cr_err *err) {
     return CR_OK;
 }
 
-/* out[m, V] = A[m, d] W[d, V].  Blocks of rows and vocabulary columns keep a slice of W hot
- * in cache while every row of the block uses it. */
+/* out[m, V] = A[m, d] W[d, V], the register-tiled product of section 4. */
 static void cr_times_unembed(const cr_unembed *u, const float *A, int m, float *out, int n_threads) {
-    const int d = u->d, V = u->V, RB = 16, CB = 512;
-    (void)n_threads;
-    const int n_cb = (V + CB - 1) / CB, n_rb = (m + RB - 1) / RB;
-#pragma omp parallel for num_threads(cr_threads(n_threads)) schedule(dynamic, 1) collapse(2)
-    for (int rb = 0; rb < n_rb; rb++)
-        for (int cb = 0; cb < n_cb; cb++) {
-            int r0 = rb * RB, r1 = r0 + RB < m ? r0 + RB : m, c0 = cb * CB, c1 = c0 + CB < V ? c0 + CB : V;
-            for (int r = r0; r < r1; r++) {
-                float *o = out + (size_t)r * (size_t)V;
-                for (int t = c0; t < c1; t++) o[t] = 0;
-            }
-            for (int i = 0; i < d; i++) {
-                const float *wr = u->W + (size_t)i * (size_t)V;
-                for (int r = r0; r < r1; r++) {
-                    float a = A[(size_t)r * (size_t)d + (size_t)i];
-                    float *o = out + (size_t)r * (size_t)V;
-                    for (int t = c0; t < c1; t++) o[t] += a * wr[t];
-                }
-            }
-        }
+    cr_gemm_f32(A, m, u->d, u->W, u->V, u->V, out, u->V, n_threads);
 }
 
 /* Output vectors of one layer's neurons, [f, d]: column i of the down projection, centred over
@@ -5316,7 +5410,7 @@ typedef struct cr_neuron_row {
     int layer, index;
     double norm, logit_var, rho, freq_cos, mean_act;
     double te, de, ln_frac, dloss_te, dloss_de, dH_te, dH_de, abs_dkl, de_freq, freq_frac;
-    int has_weights, has_freq_cos, has_effects, has_freq_effects;
+    int has_weights, has_freq_cos, has_effects, has_freq_effects, has_freq_mediation;
     int64_t n_tokens;
 } cr_neuron_row;
 
@@ -5500,6 +5594,8 @@ typedef struct cr_ablate_spec {
     int exact_recompute;         /* brute force: patch and re-run, the test oracle */
     int n_threads;
     int token_block;             /* counted tokens per block of the fast path (default 512) */
+    int no_freq_mediation;       /* with fd: skip the frequency-restored logits (de_freq, freq_frac), a third
+                                    of the fast path's work; KL is still computed */
 } cr_ablate_spec;
 
 /* Sums per neuron over the counted tokens. */
@@ -5515,7 +5611,10 @@ static void cr_acc_add(cr_ablate_acc *a, double dl_te, double dl_de, double dh_t
     a->n++;
 }
 
-static void cr_acc_finish(const cr_ablate_acc *a, int has_freq, cr_neuron_row *r) {
+/* flags: CR_RES_FREQ (KL columns), CR_RES_NO_FM (but no frequency-mediated columns). */
+enum { CR_RES_FREQ = 1, CR_RES_NO_FM = 2 };
+static void cr_acc_finish(const cr_ablate_acc *a, int flags, cr_neuron_row *r) {
+    const int has_freq = flags & CR_RES_FREQ;
     double n = a->n ? (double)a->n : 1.0, v[CR_ACC_SUMS];
     for (int k = 0; k < CR_ACC_SUMS; k++) v[k] = cr_xs_value(&a->s[k]) / n;
     r->te = v[CR_ACC_ABS_TE], r->de = v[CR_ACC_ABS_DE];
@@ -5528,6 +5627,7 @@ static void cr_acc_finish(const cr_ablate_acc *a, int has_freq, cr_neuron_row *r
         r->de_freq = v[CR_ACC_ABS_FREQ];
         r->freq_frac = r->te > 0 ? 1.0 - r->de_freq / r->te : 0.0;
         r->has_freq_effects = 1;
+        r->has_freq_mediation = !(flags & CR_RES_NO_FM);
     }
 }
 
@@ -5618,13 +5718,13 @@ static int cr_scan_init(cr_scan *st, const cr_model *m, const cr_rows *rows, con
     return CR_OK;
 }
 
-static void cr_scan_results(const cr_scan *st, int has_freq, cr_neuron_row *out) {
+static void cr_scan_results(const cr_scan *st, int flags, cr_neuron_row *out) {
     for (int j = 0; j < st->n_neurons; j++) {
         memset(&out[j], 0, sizeof out[j]);
         if (st->wt) out[j] = st->wt[j];
         out[j].layer = st->layer, out[j].index = st->neurons[j];
         out[j].mean_act = st->mean[st->neurons[j]];
-        cr_acc_finish(&st->acc[j], has_freq, &out[j]);
+        cr_acc_finish(&st->acc[j], flags, &out[j]);
     }
 }
 
@@ -5707,6 +5807,7 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
     const int NB = 32;
     enum { TN = 4, TQ = 8, CH = 2048 };
     const cr_freqdir *fd = sp->fd;
+    const int has_f = fd && !sp->no_freq_mediation;   /* the frequency-restored variant */
     /* Blocks are whole rows, so that a saved state names its block by rows.  A block holds
      * token_block counted tokens, or one longer row; a resumed block may come from a run with
      * another block size. */
@@ -5846,7 +5947,7 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                             if (fd) cf = (tq->zv * tq->inv_s + vb) - ((tq->zv + dl * gv[j - ja]) * it + vb);
                             double sh_t = tq->zmax + tq->z0abs * fabs(it - tq->inv_s) + fabs(dl) * gabs[j - ja] * it;
                             double sh_d = tq->zmax + fabs(dl) * gabs[j - ja] * tq->inv_s;
-                            cr_fused_par pp = {(float)dl, (float)it, tq->inv_s, (float)cf, (float)sh_t, (float)sh_d, (float)(sh_t + fabs(cf) * vabs), fd != NULL};
+                            cr_fused_par pp = {(float)dl, (float)it, tq->inv_s, (float)cf, (float)sh_t, (float)sh_d, (float)(sh_t + fabs(cf) * vabs), has_f};
                             par[k] = pp;
                             inv_t[k] = it, delta[k] = dl, cfv[k] = cf;
                             for (int x = 0; x < 5; x++) accs[k][x] = 0;
@@ -5856,7 +5957,7 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                         for (int j = ja; j < jb; j++)
                             for (int q = q0; q < q1; q++) {
                                 const int k = (j - ja) * TQ + (q - q0);
-                                cr_fused_chunk(Z0 + (size_t)q * V + c0, G + (size_t)j * V + c0, u.b + c0, fd ? fd->v + c0 : NULL, len, &par[k], accs[k]);
+                                cr_fused_chunk(Z0 + (size_t)q * V + c0, G + (size_t)j * V + c0, u.b + c0, has_f ? fd->v + c0 : NULL, len, &par[k], accs[k]);
                             }
                     }
                     for (int j = ja; j < jb; j++)
@@ -5867,12 +5968,12 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                             double *ac = accs[k];
                             double lse_t = par[k].shift_t + log(ac[0]), h_t = log(ac[0]) - ac[1] / ac[0];
                             double lse_d = par[k].shift_d + log(ac[2]), h_d = log(ac[2]) - ac[3] / ac[2];
-                            double lse_f = fd ? par[k].shift_f + log(ac[4]) : 0;
+                            double lse_f = has_f ? par[k].shift_f + log(ac[4]) : 0;
                             /* A bound far above the true maximum would leave only underflowed
                              * terms: redo such a pair with exact maxima. */
-                            if (!(ac[0] > 1e-30 && ac[2] > 1e-30 && (!fd || ac[4] > 1e-30))) {
+                            if (!(ac[0] > 1e-30 && ac[2] > 1e-30 && (!has_f || ac[4] > 1e-30))) {
                                 cr_fused_out fo;
-                                cr_fused_ablation_scalar(z0, g, u.b, fd ? fd->v : NULL, V, par[k].delta, par[k].inv_t, par[k].inv_d, par[k].cf, &fo);
+                                cr_fused_ablation_scalar(z0, g, u.b, has_f ? fd->v : NULL, V, par[k].delta, par[k].inv_t, par[k].inv_d, par[k].cf, &fo);
                                 lse_t = fo.lse_t, h_t = fo.h_t, lse_d = fo.lse_d, h_d = fo.h_d, lse_f = fo.lse_f;
                             }
                             double ay = z0[tq->target] + delta[k] * g[tq->target];
@@ -5881,9 +5982,9 @@ static int cr_ablate_fast(const cr_model *m, const cr_rows *rows, const cr_ablat
                             if (fd) {
                                 double klt = fd->plogp - ((tq->zp + delta[k] * gp[j - ja]) * inv_t[k] + pb) + lse_t;
                                 dkl = klt - kl0[q];
-                                lf = lse_f - (zty + cfv[k] * fd->v[tq->target]);
+                                if (has_f) lf = lse_f - (zty + cfv[k] * fd->v[tq->target]);
                             }
-                            cr_acc_add(&st->acc[J], lt - l0, ld - l0, h_t - tq->h, h_d - tq->h, dkl, fd ? lf - l0 : 0);
+                            cr_acc_add(&st->acc[J], lt - l0, ld - l0, h_t - tq->h, h_d - tq->h, dkl, has_f ? lf - l0 : 0);
                         }
                 }
             }
@@ -5968,7 +6069,7 @@ static int cr_ablate_brute(const cr_model *m, const cr_rows *rows, const cr_abla
                 for (int v = 0; v < V; v++) zd[v] = cr_dot_f32(orow + (size_t)v * d, h, d) + (m->b_out ? m->b_out[v] : 0.0f);
                 cr_logits_stats(zd, V, &lsed, &hd);
                 double lf = 0;
-                if (fd) {
+                if (fd && !sp->no_freq_mediation) {
                     double cv = 0, tv = 0;
                     for (int v = 0; v < V; v++) cv += (double)fd->v[v] * zc[v], tv += (double)fd->v[v] * zt[v];
                     for (int v = 0; v < V; v++) zf[v] = zt[v] + (float)(cv - tv) * fd->v[v];
@@ -5976,7 +6077,7 @@ static int cr_ablate_brute(const cr_model *m, const cr_rows *rows, const cr_abla
                     lf = lsef - zf[y];
                 }
                 double l0 = lse0 - zc[y];
-                cr_acc_add(&st->acc[j], (lse1 - zt[y]) - l0, (lsed - zd[y]) - l0, h1 - h0, hd - h0, kl1 - kl0, fd ? lf - l0 : 0);
+                cr_acc_add(&st->acc[j], (lse1 - zt[y]) - l0, (lsed - zd[y]) - l0, h1 - h0, hd - h0, kl1 - kl0, fd && !sp->no_freq_mediation ? lf - l0 : 0);
             }
             if (rc) break;
             st->group = j + 1;
@@ -6019,7 +6120,7 @@ CR_UNUSED static int cr_ablate(const cr_model *m, const cr_rows *rows, const cr_
     int rc = cr_scan_init(&st, m, rows, sp, 0, rows->n_rows, err);
     if (rc) return rc;
     if (!(rc = cr_scan_run(m, rows, sp, &st, NULL, NULL, err))) {
-        cr_scan_results(&st, sp->fd != NULL, out);
+        cr_scan_results(&st, (sp->fd ? CR_RES_FREQ : 0) | (sp->no_freq_mediation ? CR_RES_NO_FM : 0), out);
         if (mean_tokens) *mean_tokens = st.mean_tokens;
     }
     cr_scan_free(&st);
@@ -7960,8 +8061,8 @@ static double cli_col_value(const cr_neuron_row *r, int col) {
     case COL_DH_TE: return r->has_effects ? r->dH_te : NAN;
     case COL_DH_DE: return r->has_effects ? r->dH_de : NAN;
     case COL_ABS_DKL: return r->has_freq_effects ? r->abs_dkl : NAN;
-    case COL_DE_FREQ: return r->has_freq_effects ? r->de_freq : NAN;
-    case COL_FREQ_FRAC: return r->has_freq_effects ? r->freq_frac : NAN;
+    case COL_DE_FREQ: return r->has_freq_mediation ? r->de_freq : NAN;
+    case COL_FREQ_FRAC: return r->has_freq_mediation ? r->freq_frac : NAN;
     default: return NAN;
     }
 }
@@ -8350,14 +8451,15 @@ typedef struct cli_scan_meta {
     char model[1024], mean_desc[1024];
     int freq_mode, has_unigram, no_weights, exact, ctx;
     long k;
+    int no_fm;                   /* --no-freq-mediation */
 } cli_scan_meta;
 
 static char *cli_meta_text(const cli_scan_meta *mt) {
     size_t n = strlen(mt->model) + strlen(mt->mean_desc) + 256;
     char *s = malloc(n);
     if (!s) return NULL;
-    snprintf(s, n, "model=%s\nmean=%s\nfreq=%d\nunigram=%d\nno_weights=%d\nexact=%d\nctx=%d\nk=%ld\n", mt->model, mt->mean_desc, mt->freq_mode,
-             mt->has_unigram, mt->no_weights, mt->exact, mt->ctx, mt->k);
+    snprintf(s, n, "model=%s\nmean=%s\nfreq=%d\nunigram=%d\nno_weights=%d\nexact=%d\nctx=%d\nk=%ld\nno_fm=%d\n", mt->model, mt->mean_desc, mt->freq_mode,
+             mt->has_unigram, mt->no_weights, mt->exact, mt->ctx, mt->k, mt->no_fm);
     return s;
 }
 
@@ -8387,6 +8489,7 @@ static int cli_meta_parse(const char *text, cli_scan_meta *mt) {
     cli_meta_get(text, "exact", v, sizeof v), mt->exact = atoi(v) != 0;
     cli_meta_get(text, "ctx", v, sizeof v), mt->ctx = atoi(v);
     cli_meta_get(text, "k", v, sizeof v), mt->k = atol(v);
+    cli_meta_get(text, "no_fm", v, sizeof v), mt->no_fm = atoi(v) != 0;
     return 1;
 }
 
@@ -8394,11 +8497,12 @@ static int cli_meta_parse(const char *text, cli_scan_meta *mt) {
 static int cli_scan_print(FILE *out, const cr_scan *st, const cli_scan_meta *mt, int sort_col, int limit, int format) {
     cr_neuron_row *res = cr_calloc((size_t)st->n_neurons, sizeof *res);
     if (!res) return cli_error("out of memory");
-    cr_scan_results(st, mt->has_unigram, res);
+    cr_scan_results(st, (mt->has_unigram ? CR_RES_FREQ : 0) | (mt->no_fm ? CR_RES_NO_FM : 0), res);
     for (int j = 0; j < st->n_neurons; j++) res[j].has_weights &= !mt->no_weights, res[j].has_freq_cos &= !mt->no_weights;
     int cols[N_COLS], nc = 0;
     for (int cc = 0; cc < N_COLS; cc++) {
         if (!mt->has_unigram && (cc == COL_FREQ_COS || cc == COL_ABS_DKL || cc == COL_DE_FREQ || cc == COL_FREQ_FRAC)) continue;
+        if (mt->no_fm && (cc == COL_DE_FREQ || cc == COL_FREQ_FRAC)) continue;
         if (mt->no_weights && (cc == COL_NORM || cc == COL_LOGIT_VAR || cc == COL_RHO || cc == COL_FREQ_COS)) continue;
         cols[nc++] = cc;
     }
@@ -8494,7 +8598,7 @@ static int cli_shard(const char *s, int n_rows, int *r0, int *r1) {
 static int cli_ablate_common(int argc, char **argv, int freq_mode) {
     const char *tokp = NULL, *neus = NULL, *tops = NULL, *bys = NULL, *rowss = NULL, *ctxs = NULL, *shuffle = NULL, *thr = NULL, *unip = NULL;
     const char *meanf = NULL, *means = NULL, *exact = NULL, *ks = NULL, *nowt = NULL, *sorts = NULL, *limits = NULL, *csv = NULL, *json = NULL, *tbs = NULL;
-    const char *ckp = NULL, *everys = NULL, *shards = NULL, *outp = NULL;
+    const char *ckp = NULL, *everys = NULL, *shards = NULL, *outp = NULL, *nofm = NULL;
     const char *pos[64];
     int np;
     cli_opt opts[] = {{"--neurons", 1, &neus, "neurons to ablate, LAYER.INDEX,... (default: the whole final layer)"},
@@ -8506,6 +8610,7 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
                       {"--mean-from", 1, &meanf, "load mean activations (from --mean-save) instead of computing them"},
                       {"--mean-save", 1, &means, "save the mean activations used"},
                       {"--exact-recompute", 0, &exact, "brute force: patch the neuron and re-run the model (slow; the oracle)"},
+                      {"--no-freq-mediation", 0, &nofm, "skip de_freq and freq_frac (the frequency-restored logits: a third of the scan's work); KL stays"},
                       {"--k", 1, &ks, "null-space dimensions for rho"}, {"--no-weights", 0, &nowt, "skip the weight metrics"},
                       {"--sort", 1, &sorts, freq_mode ? "column to rank by (default abs_dkl)" : "column to rank by (default te)"},
                       {"--limit", 1, &limits, "rows in the table (default 20, 0 = all)"}, {"--threads", 1, &thr, "threads"},
@@ -8551,7 +8656,7 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
     int *sel = NULL, n_sel = 0, r0 = 0, r1 = 0;
     cr_neuron_row *all = cr_calloc((size_t)f, sizeof *all);
     double *mean = cr_malloc((size_t)f, sizeof *mean);
-    cli_scan_meta mt = {{0}, {0}, freq_mode, 0, nowt != NULL, exact != NULL, 0, k};
+    cli_scan_meta mt = {{0}, {0}, freq_mode, 0, nowt != NULL, exact != NULL, 0, k, nofm != NULL};
     snprintf(mt.model, sizeof mt.model, "%s", np ? pos[0] : CR_DEFAULT_MODEL);
     for (char *q = mt.model; *q; q++)   /* one line per field in the state's description */
         if (*q == '\n' || *q == '\r') *q = '?';
@@ -8598,13 +8703,14 @@ static int cli_ablate_common(int argc, char **argv, int freq_mode) {
     /* What a checkpoint or a part must agree on: model, rows, options, unigram and means. */
     uint64_t fp = 0;
     if (!rc) {
-        const int64_t opt[] = {freq_mode, layer, k, nowt != NULL, exact != NULL, cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1, ug != NULL, meanf != NULL};
+        const int64_t opt[] = {freq_mode, layer, k, nowt != NULL, exact != NULL, cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1, ug != NULL, meanf != NULL,
+                               nofm != NULL};
         fp = cr_hash64(opt, sizeof opt, cli_rows_hash(&rows, cli_model_hash(m)));
         if (ug) fp = cr_hash64(fd.p, (size_t)c->n_vocab * sizeof *fd.p, fp);
         if (meanf) fp = cr_hash64(mean, (size_t)f * sizeof *mean, fp);
     }
     cr_ablate_spec sp = {layer, sel, n_sel, meanf ? mean : NULL, ug ? &fd : NULL, cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1,
-                         exact != NULL, (int)threads, (int)tb};
+                         exact != NULL, (int)threads, (int)tb, nofm != NULL};
     int resumed = 0;
     if (!rc) rc = cli_scan_prepare(m, &rows, &sp, r0, r1, fp, ckp, &st, &resumed);
     if (!rc && !resumed) {
@@ -9139,7 +9245,7 @@ static int cmd_report(int argc, char **argv) {
         cli_progress("report: mean ablation of %d neurons over %d rows...\n", f, rows.n_rows);
         for (int i = 0; i < f; i++) all[i] = i;
         int32_t nl = cr_model_tokenizer(m) ? cr_tokenizer_newline(cr_model_tokenizer(m)) : -1;
-        cr_ablate_spec sp = {layer, all, f, NULL, ug ? &fd : NULL, nl, 0, (int)threads, 512};
+        cr_ablate_spec sp = {layer, all, f, NULL, ug ? &fd : NULL, nl, 0, (int)threads, 512, 0};
         const int64_t opt[] = {2, layer, nl, ug != NULL};
         uint64_t fp = cr_hash64(opt, sizeof opt, cli_rows_hash(&rows, cli_model_hash(m)));
         if (ug) fp = cr_hash64(fd.p, (size_t)c->n_vocab * sizeof *fd.p, fp);
@@ -9473,6 +9579,22 @@ static int cmd_selftest(int argc, char **argv) {
         cli_report_check(&ck, ok && same, "q8_0 tiled product (" CR_GEMM_ISA ")", "%s", same ? "bit-identical to the four-row kernel" : "differs from the four-row kernel");
         cli_report_check(&ck, ok && qsame, "q8_0 quantization", "%s", qsame ? "SIMD bytes equal the scalar twin's" : "SIMD bytes differ from the scalar twin's");
         free(y1), free(y0), free(q2);
+    }
+    {
+        /* The analyses' float product: odd sizes, columns past the last full tile. */
+        enum { GM = 7, GK = 37, GN = 3 * CR_GEMM_NC + 5 };
+        float *ga = cr_malloc(GM * GK, 4), *gw = cr_malloc(GK * GN, 4), *g1 = cr_malloc(GM * GN, 4), *g0 = cr_malloc(GM * GN, 4);
+        int ok = ga && gw && g1 && g0, same = 0;
+        if (ok) {
+            uint64_t gs = 5;
+            for (int i = 0; i < GM * GK; i++) ga[i] = (float)((double)(cr_rng_next(&gs) >> 11) / 9007199254740992.0 - 0.5);
+            for (int i = 0; i < GK * GN; i++) gw[i] = (float)((double)(cr_rng_next(&gs) >> 11) / 9007199254740992.0 - 0.5);
+            cr_gemm_f32(ga, GM, GK, gw, GN, GN, g1, GN, threads);
+            cr_gemm_f32_scalar(ga, GM, GK, gw, GN, 0, GN, g0, GN);
+            same = memcmp(g1, g0, (size_t)GM * GN * 4) == 0;
+        }
+        cli_report_check(&ck, ok && same, "f32 product (" CR_GEMM_F32_ISA ")", "%s", same ? "bit-identical to the scalar twin" : "differs from the scalar twin");
+        free(ga), free(gw), free(g1), free(g0);
     }
     const char *names[5] = {"dot f32", "dot f16", "dot bf16", "dot q8_0 x q8_0", "dot q8_0 x f32"};
     for (int k = 0; k < 5; k++) cli_report_check(&ck, worst[k] < 1e-4, names[k], "max relative difference from the scalar twin %.2e", worst[k]);

@@ -193,7 +193,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         fz_tiny_rows(&rows);
         cr_freqdir fd;
         if (cr_freqdir_make(&fd, m->unigram, &e) == CR_OK) {
-            cr_ablate_spec sp = {st.layer, st.neurons, st.n_neurons, NULL, &fd, -1, (int)(st.fingerprint & 1), 1, 64};
+            cr_ablate_spec sp = {st.layer, st.neurons, st.n_neurons, NULL, &fd, -1, (int)(st.fingerprint & 1), 1, 64, (int)(st.fingerprint >> 1 & 1)};
             (void)cr_scan_run(m, &rows, &sp, &st, NULL, NULL, &e);
             cr_freqdir_free(&fd);
         }
