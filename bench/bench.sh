@@ -66,13 +66,16 @@ done
 TEXT=data/tinystories-heldout.txt
 ABL_MODEL="$WORK/gpt2s-q8_0.gguf"
 if [ -n "$TOK" ]; then
-    log "full final-layer ablation of GPT-2 small ($ROWS rows)"
-    out=$($C ablate "$ABL_MODEL" $TEXT --rows $ROWS --json --no-weights)
+    log "full final-layer ablation of GPT-2 small ($ROWS rows): TE + DE + KL"
+    out=$($C ablate "$ABL_MODEL" $TEXT --rows $ROWS --json --no-weights --no-freq-mediation)
     secs=$(echo "$out" | field seconds); toks=$(echo "$out" | field tokens)
-    row "ablate 3072 neurons x $toks tokens, GPT-2 small Q8_0, 2 thr" "$secs s" "" ""
+    row "ablate 3072 neurons x $toks tokens, GPT-2 small Q8_0, 2 thr: TE + DE + KL" "$secs s" "" "target <= 120 s"
+    log "the same with the frequency-mediated effect (a third exponential per entry)"
+    fout=$($C ablate "$ABL_MODEL" $TEXT --rows $ROWS --json --no-weights)
+    row "the same plus de_freq / freq_frac" "$(echo "$fout" | field seconds) s" "" ""
     if [ $QUICK = 0 ]; then
         log "brute-force recompute of 2 neurons, for comparison"
-        bout=$($C ablate "$ABL_MODEL" $TEXT --rows $ROWS --json --no-weights --neurons 11.0,11.1 --exact-recompute)
+        bout=$($C ablate "$ABL_MODEL" $TEXT --rows $ROWS --json --no-weights --no-freq-mediation --neurons 11.0,11.1 --exact-recompute)
         bsecs=$(echo "$bout" | field seconds)
         est=$(awk -v s="$bsecs" 'BEGIN { printf "%.0f", s / 2 * 3072 }')
         row "brute force, same scan (2 neurons, x 3072/2)" "$est s (estimated)" "" "fast path $(ratio "$est" "$secs")x faster"
