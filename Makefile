@@ -59,10 +59,10 @@ ARM_FLAGS = -std=c11 -O2 -Wall -Wextra -Wno-unknown-pragmas -fopenmp
 test-arm:
 	$(ARM_CC) $(ARM_FLAGS) -mcpu=cortex-a76 -o confreg-a76 confreg.c -lm
 	$(ARM_CC) $(ARM_FLAGS) -fno-tree-vectorize -Wno-unused-function -Wno-format-truncation -mcpu=cortex-a76 -o tests/test_confreg-a76 tests/test_confreg.c -lm
-	QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 -cpu cortex-a76 tests/test_confreg-a76 "qemu-aarch64 -cpu cortex-a76 ./confreg-a76" $(SHARED)
+	CONFREG_TEST_EMULATED=1 QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 -cpu cortex-a76 tests/test_confreg-a76 "qemu-aarch64 -cpu cortex-a76 ./confreg-a76" $(SHARED)
 	$(ARM_CC) $(ARM_FLAGS) -mcpu=cortex-a72 -o confreg-a72 confreg.c -lm
 	$(ARM_CC) $(ARM_FLAGS) -fno-tree-vectorize -Wno-unused-function -Wno-format-truncation -mcpu=cortex-a72 -o tests/test_confreg-a72 tests/test_confreg.c -lm
-	QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 -cpu cortex-a72 tests/test_confreg-a72 "qemu-aarch64 -cpu cortex-a72 ./confreg-a72" $(SHARED)
+	CONFREG_TEST_EMULATED=1 QEMU_LD_PREFIX=/usr/aarch64-linux-gnu qemu-aarch64 -cpu cortex-a72 tests/test_confreg-a72 "qemu-aarch64 -cpu cortex-a72 ./confreg-a72" $(SHARED)
 
 # Coverage-guided fuzzing of every parser (clang's libFuzzer + ASan + UBSan).  Each target
 # starts from tests/fuzz/seeds/<target> and runs FUZZ_SECONDS; crashes land in
