@@ -6604,8 +6604,16 @@ static void cr_seq_stats(const float *logits, int V, const int32_t *ids, int T, 
     }
 }
 
-/* Runs the analysis, or resumes it when res holds a saved state (res->pass > 0). */
+/* Runs the analysis, or resumes it when res holds a saved state (res->pass > 0).  On any
+ * error, res is freed (a loaded state too). */
+static int cr_induction_run(const cr_model *m, const cr_induction_spec *sp, cr_induction_result *res, cr_induction_hook hook, void *user, cr_err *err);
 static int cr_induction(const cr_model *m, const cr_induction_spec *sp, cr_induction_result *res, cr_induction_hook hook, void *user, cr_err *err) {
+    int rc = cr_induction_run(m, sp, res, hook, user, err);
+    if (rc) cr_induction_result_free(res);   /* also after the checks that return before any work */
+    return rc;
+}
+
+static int cr_induction_run(const cr_model *m, const cr_induction_spec *sp, cr_induction_result *res, cr_induction_hook hook, void *user, cr_err *err) {
     const cr_config *c = &m->cfg;
     const int N = sp->N, T = 1 + 2 * N, V = c->n_vocab, f = c->d_mlp, Lf = c->n_layers - 1, NN = sp->n_neurons, H = c->n_heads;
     const int resume = res->pass > 0;
