@@ -421,6 +421,22 @@ static uint64_t cr_fnv64(const void *p, size_t n, uint64_t h) {
     return h;
 }
 
+/* Appends the FNV-1a checksum of the buffer, writes it to path atomically and frees it. */
+static int cr_bw_commit(cr_bw *b, const char *path, cr_err *err) {
+    cr_bw_u64(b, cr_fnv64(b->p, b->n, 0xcbf29ce484222325ull));
+    int rc;
+    cr_outfile o;
+    if (b->failed) rc = cr_fail(err, CR_ENOMEM, "%s: out of memory", path);
+    else if (!(rc = cr_outfile_open(&o, path, err))) {
+        int ok = fwrite(b->p, 1, b->n, o.f) == b->n;
+        rc = cr_outfile_close(&o, ok, err);
+        if (!ok && !rc) rc = cr_fail(err, CR_EIO, "%s: write error", path);
+    }
+    free(b->p);
+    memset(b, 0, sizeof *b);
+    return rc;
+}
+
 /* A fast 64-bit content hash for large data (model files): four independent multiply-mix
  * lanes over 8-byte words, so it runs at memory speed.  An identity check, not cryptography. */
 static uint64_t cr_hash64(const void *p, size_t n, uint64_t seed) {
@@ -6158,19 +6174,7 @@ static int cr_scan_save(const cr_scan *st, const char *path, cr_err *err) {
         cr_bw_u32(&b, (uint32_t)(w->has_weights | w->has_freq_cos << 1));
     }
     cr_bw_str(&b, st->meta);
-    cr_bw_u64(&b, cr_fnv64(b.p, b.n, 0xcbf29ce484222325ull));
-    int rc;
-    if (b.failed) rc = cr_fail(err, CR_ENOMEM, "%s: out of memory", path);
-    else {
-        cr_outfile o;
-        if (!(rc = cr_outfile_open(&o, path, err))) {
-            int ok = fwrite(b.p, 1, b.n, o.f) == b.n;
-            rc = cr_outfile_close(&o, ok, err);
-            if (!ok && !rc) rc = cr_fail(err, CR_EIO, "%s: write error", path);
-        }
-    }
-    free(b.p);
-    return rc;
+    return cr_bw_commit(&b, path, err);
 }
 
 static int cr_scan_load(cr_scan *st, const char *path, cr_err *err) {
@@ -6797,17 +6801,7 @@ static int cr_induction_save(const cr_induction_result *res, const cr_ind_dims *
     for (int i = 0; i < 9; i++)
         for (size_t k = 0; k < len[i]; k++) cr_bw_f64(&b, (*arr[i])[k]);
     for (int j = 0; j < d->NN; j++) cr_bw_u32(&b, (uint32_t)res->rises[j]);
-    cr_bw_u64(&b, cr_fnv64(b.p, b.n, 0xcbf29ce484222325ull));
-    int rc;
-    cr_outfile o;
-    if (b.failed) rc = cr_fail(err, CR_ENOMEM, "%s: out of memory", path);
-    else if (!(rc = cr_outfile_open(&o, path, err))) {
-        int ok = fwrite(b.p, 1, b.n, o.f) == b.n;
-        rc = cr_outfile_close(&o, ok, err);
-        if (!ok && !rc) rc = cr_fail(err, CR_EIO, "%s: write error", path);
-    }
-    free(b.p);
-    return rc;
+    return cr_bw_commit(&b, path, err);
 }
 
 /* Loads a state for exactly these dimensions and fingerprint into a fresh result. */
